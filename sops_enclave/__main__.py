@@ -1,0 +1,3 @@
+from sops_enclave.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,332 @@
+"""The stable library surface: decrypt and encrypt SOPS documents as sops 3.11 does.
+
+Example::
+
+    from sops_enclave import api
+    secrets = api.decrypt_file("secrets.enc.yaml")        # -> dict
+    raw = api.decrypt_bytes(data, fmt="json")              # -> the bytes `sops -d` prints
+    doc = api.encrypt_dict({"db": {"password": "s3cr3t"}}, fmt="yaml",
+                           age=["age1..."])                # -> bytes of a SOPS file
+
+Errors are :class:`sops_enclave.errors.SopsError` subclasses whose ``exit_code`` is the code
+sops exits with (51 MAC mismatch, 128 no data key, ...). Data keys never leave this module.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hmac
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from sops_enclave import SOPS_FORMAT_VERSION
+from sops_enclave.cipher import ValueCipher
+from sops_enclave.errors import (CouldNotReadInputFile, ErrorDumpingTree, FileAlreadyEncrypted,
+                                 InvalidTreePathFormat, MacMismatch, MetadataNotFound,
+                                 NeedAtLeastOneDocument, SopsError)
+from sops_enclave.formats import get_store, resolve_format
+from sops_enclave.keys.groups import DEFAULT_DECRYPTION_ORDER, LocalKeyService, get_data_key
+from sops_enclave.keys.groups import protect_data_key
+from sops_enclave.metadata import (AgeEntry, KeyEntry, KMSEntry, Metadata, PGPEntry,
+                                   format_time, parse_metadata)
+from sops_enclave.tree import Branch, Comment, Timestamp
+from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree
+
+__all__ = ["StoreConfig", "EncryptOptions", "Decrypted", "decrypt_document", "encrypt_document",
+           "emit_plain", "parse_tree_path", "extract", "decrypt_bytes", "decrypt_file",
+           "decrypt_data", "encrypt_dict", "encrypt_bytes", "to_python", "from_python"]
+
+
+@dataclass
+class StoreConfig:
+    """Output settings (``stores`` in ``.sops.yaml``, ``--indent``)."""
+
+    yaml_indent: int = 0
+    json_indent: int = -1
+    json_binary_indent: int = -1
+
+    def indent_for(self, fmt: str) -> int | None:
+        if fmt == "yaml":
+            if self.yaml_indent < 0:
+                raise ErrorDumpingTree("Error dumping file: YAML Negative indentation not accepted")
+            return self.yaml_indent or 4
+        if fmt == "json":
+            return self.json_indent
+        if fmt == "binary":
+            return self.json_binary_indent
+        return None
+
+
+@dataclass
+class Decrypted:
+    """A decrypted document: plaintext branches, its metadata, and the IVs seen (for edits)."""
+
+    branches: list[Branch]
+    metadata: Metadata
+    previous_ivs: dict = field(default_factory=dict, repr=False)
+
+
+def _emit(store, fn: str, fmt: str, cfg: StoreConfig, *args) -> bytes:
+    indent = cfg.indent_for(fmt)
+    f = getattr(store, fn)
+    return f(*args) if indent is None else f(*args, indent=indent)
+
+
+def load_encrypted(data: bytes, fmt: str) -> tuple[list[Branch], Metadata]:
+    store = get_store(fmt)
+    try:
+        branches, raw = store.load_encrypted(data)
+    except SopsError:
+        raise
+    except (ValueError, RecursionError) as e:
+        kind = {"binary": "json"}.get(fmt, fmt)
+        raise SopsError(f"Error unmarshalling input {kind}: {e}") from None
+    if raw is None:
+        raise MetadataNotFound()
+    return branches, parse_metadata(raw)
+
+
+def decrypt_document(data: bytes, fmt: str, *, services: Sequence | None = None,
+                     ignore_mac: bool = False,
+                     decryption_order: Sequence[str] = DEFAULT_DECRYPTION_ORDER,
+                     record_ivs: bool = False) -> Decrypted:
+    """Decrypt an encrypted document and verify its MAC (unless ``ignore_mac``)."""
+    branches, md = load_encrypted(data, fmt)
+    services = services if services is not None else [LocalKeyService()]
+    key = get_data_key(md, services, decryption_order)
+    cipher = ValueCipher(key)
+    cipher.record = record_ivs
+    plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    if not ignore_mac:
+        _verify_mac(cipher, md, computed)
+    return Decrypted(plain, md, cipher.seen)
+
+
+def _verify_mac(cipher: ValueCipher, md: Metadata, computed: str) -> None:
+    if md.mac == "":
+        raise MacMismatch(f"MAC mismatch. File has no MAC, computed {computed}")
+    try:
+        stored = cipher.decrypt(md.mac, md.mac_aad())
+    except SopsError as e:
+        raise MacMismatch(f"Cannot decrypt MAC: {e.message}") from None
+    if not isinstance(stored, str) or not hmac.compare_digest(stored.encode(), computed.encode()):
+        raise MacMismatch(f"MAC mismatch. File has {stored}, computed {computed}")
+
+
+def emit_plain(branches: list[Branch], fmt: str, cfg: StoreConfig | None = None) -> bytes:
+    return _emit(get_store(fmt), "emit_plain", fmt, cfg or StoreConfig(), branches)
+
+
+# ------------------------------------------------------------------ tree paths (--extract)
+
+def parse_tree_path(path: str) -> list[str | int]:
+    """sops' ``["a"][0]['b']`` syntax: split on ``[``, each part ends in ``]``, no escapes."""
+    out: list[str | int] = []
+    parts = path.split("[")
+    for i, part in enumerate(parts):
+        if i == 0:
+            if part:
+                raise InvalidTreePathFormat(f"error parsing --extract path: component {part} "
+                                            "doesn't start with [")
+            continue
+        if not part.endswith("]"):
+            raise InvalidTreePathFormat(f"error parsing --extract path: component {part} "
+                                        "doesn't end with ]")
+        comp = part[:-1]
+        if comp[:1] in ("'", '"'):
+            out.append(comp[1:-1])
+        else:
+            try:
+                out.append(int(comp))
+            except ValueError:
+                raise InvalidTreePathFormat(f"error parsing --extract path: component {comp} is "
+                                            "not a valid index") from None
+    return out
+
+
+def extract(branch: Branch, path: list[str | int]) -> Any:
+    cur: Any = branch
+    for comp in path:
+        if isinstance(comp, str) and isinstance(cur, Branch):
+            i = cur.index_of(comp)
+            if i < 0:
+                raise SopsError(f"error truncating tree: component ['{comp}'] not found")
+            cur = cur[i][1]
+        elif isinstance(comp, int) and isinstance(cur, list) and not isinstance(cur, Branch):
+            items = [x for x in cur if not isinstance(x, Comment)]
+            if comp < 0 or comp >= len(items):
+                raise SopsError(f"error truncating tree: component [{comp}] not found")
+            cur = items[comp]
+        else:
+            shown = f"'{comp}'" if isinstance(comp, str) else comp
+            raise SopsError(f"error truncating tree: component [{shown}] not found")
+    return cur
+
+
+def emit_extracted(value: Any, fmt: str, cfg: StoreConfig | None = None) -> bytes:
+    """What ``sops -d --extract`` prints: raw bytes for a string, else the store's encoding."""
+    cfg = cfg or StoreConfig()
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    store = get_store(fmt)
+    if isinstance(value, Branch):
+        return _emit(store, "emit_plain", fmt, cfg, [value])
+    try:
+        return _emit(store, "emit_value", fmt, cfg, value)
+    except SopsError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ErrorDumpingTree(f"Error dumping tree: {e}") from None
+
+
+# ------------------------------------------------------------------ encryption
+
+@dataclass
+class EncryptOptions:
+    """Everything that decides how a new file is encrypted."""
+
+    key_groups: list[list[KeyEntry]]
+    shamir_threshold: int = 0
+    crypt_rule: CryptRule = field(default_factory=lambda: CryptRule("unencrypted_suffix",
+                                                                    "_unencrypted"))
+    mac_only_encrypted: bool = False
+
+
+def has_sops_key(branch: Branch, fmt: str) -> bool:
+    for k, _ in branch:
+        if isinstance(k, Comment):
+            continue
+        if k == "sops" or (fmt == "dotenv" and isinstance(k, str) and k.startswith("sops_")):
+            return True
+    return False
+
+
+def encrypt_branches(branches: list[Branch], md: Metadata, data_key: bytes, *,
+                     now: _dt.datetime | None = None, previous: dict | None = None,
+                     random=os.urandom) -> list[Branch]:
+    """Encrypt plaintext branches, set ``lastmodified`` and the encrypted MAC on ``md``."""
+    now = now or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    cipher = ValueCipher(data_key, random=random, previous=previous)
+    enc, mac = encrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    md.lastmodified = format_time(now)
+    md.mac = cipher.encrypt(mac, md.mac_aad())
+    return enc
+
+
+def encrypt_document(data: bytes, in_fmt: str, out_fmt: str, opts: EncryptOptions, *,
+                     services: Sequence | None = None, cfg: StoreConfig | None = None,
+                     now: _dt.datetime | None = None, data_key: bytes | None = None) -> bytes:
+    """Plaintext bytes -> the bytes of a new SOPS file."""
+    store = get_store(in_fmt)
+    try:
+        branches = store.load_plain(data)
+    except SopsError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise CouldNotReadInputFile(f"Error unmarshalling file: {e}") from None
+    if not branches:
+        raise NeedAtLeastOneDocument("File cannot be completely empty, it must contain at least "
+                                     "one document")
+    if has_sops_key(branches[0], in_fmt):
+        raise FileAlreadyEncrypted(
+            "The file you have provided contains a top-level entry called 'sops', or for flat "
+            "file formats top-level entries starting with 'sops_'. This is generally due to the "
+            "file already being encrypted. SOPS uses a top-level entry called 'sops' to store the "
+            "metadata required to decrypt the file. For this reason, SOPS can not encrypt files "
+            "that already contain such an entry.\n\nIf this is an unencrypted file, rename the "
+            "'sops' entry.\n\nIf this is an encrypted file and you want to edit it, use the "
+            "editor mode, for example: `sops my_file.yaml`")
+    return encrypt_loaded(branches, out_fmt, opts, services=services, cfg=cfg, now=now,
+                          data_key=data_key)
+
+
+def encrypt_loaded(branches: list[Branch], out_fmt: str, opts: EncryptOptions, *,
+                   services: Sequence | None = None, cfg: StoreConfig | None = None,
+                   now: _dt.datetime | None = None, data_key: bytes | None = None) -> bytes:
+    rule = opts.crypt_rule
+    mac_only = opts.mac_only_encrypted
+    if out_fmt == "binary":
+        mac_only = False
+    md = Metadata(key_groups=[list(g) for g in opts.key_groups], version=SOPS_FORMAT_VERSION,
+                  shamir_threshold=opts.shamir_threshold, crypt_rule=rule,
+                  mac_only_encrypted=mac_only)
+    data_key = data_key or os.urandom(32)
+    protect_data_key(md, data_key, services if services is not None else [LocalKeyService()],
+                     now=now)
+    enc = encrypt_branches(branches, md, data_key, now=now)
+    return emit_encrypted(enc, md, out_fmt, cfg)
+
+
+def emit_encrypted(branches: list[Branch], md: Metadata, out_fmt: str,
+                   cfg: StoreConfig | None = None) -> bytes:
+    store = get_store(out_fmt)
+    meta = md.to_branch(json_nulls=out_fmt in ("json", "binary"), binary=out_fmt == "binary")
+    return _emit(store, "emit_encrypted", out_fmt, cfg or StoreConfig(), branches, meta)
+
+
+# ------------------------------------------------------------------ Python-friendly helpers
+
+def to_python(v: Any) -> Any:
+    """Documents as plain Python: dicts, lists, scalars; comments dropped; times as text."""
+    if isinstance(v, Branch):
+        return {k: to_python(x) for k, x in v if not isinstance(k, Comment)}
+    if isinstance(v, list):
+        return [to_python(x) for x in v if not isinstance(x, Comment)]
+    if isinstance(v, Timestamp):
+        return v.text
+    return v
+
+
+def from_python(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return Branch((str(k), from_python(x)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return [from_python(x) for x in v]
+    if isinstance(v, _dt.datetime):
+        return Timestamp(v.isoformat().replace("+00:00", "Z"))
+    return v
+
+
+def decrypt_bytes(data: bytes, fmt: str, *, output_fmt: str | None = None,
+                  ignore_mac: bool = False, env: Mapping[str, str] | None = None) -> bytes:
+    """The exact bytes ``sops -d`` prints for this document."""
+    d = decrypt_document(data, fmt, services=[LocalKeyService(env)], ignore_mac=ignore_mac)
+    return emit_plain(d.branches, output_fmt or fmt)
+
+
+def decrypt_data(data: bytes, fmt: str, *, env: Mapping[str, str] | None = None) -> dict:
+    """A decrypted document as a dict (the first YAML document)."""
+    d = decrypt_document(data, fmt, services=[LocalKeyService(env)])
+    return to_python(d.branches[0])
+
+
+def decrypt_file(path: str, fmt: str | None = None, *, env: Mapping[str, str] | None = None) -> dict:
+    """Read and decrypt a SOPS file into a dict; the format comes from the extension."""
+    from sops_enclave.fileio import read_input
+
+    return decrypt_data(read_input(path), resolve_format(fmt, path), env=env)
+
+
+def _entries(age: Sequence[str] = (), pgp: Sequence[str] = (), kms: Sequence[str] = (),
+             encryption_context: Mapping[str, str] | None = None) -> list[KeyEntry]:
+    ctx = tuple(sorted((encryption_context or {}).items()))
+    out: list[KeyEntry] = [KMSEntry(a, context=ctx) for a in kms]
+    out += [PGPEntry(p) for p in pgp]
+    out += [AgeEntry(a) for a in age]
+    return out
+
+
+def encrypt_bytes(data: bytes, fmt: str, *, age: Sequence[str] = (), pgp: Sequence[str] = (),
+                  kms: Sequence[str] = (), encryption_context: Mapping[str, str] | None = None,
+                  env: Mapping[str, str] | None = None) -> bytes:
+    """Encrypt plaintext bytes of ``fmt`` for the given master keys (one key group)."""
+    opts = EncryptOptions([_entries(age, pgp, kms, encryption_context)])
+    return encrypt_document(data, fmt, fmt, opts, services=[LocalKeyService(env)])
+
+
+def encrypt_dict(values: Mapping[str, Any], fmt: str = "yaml", **keys: Any) -> bytes:
+    """Encrypt a dict as a new SOPS document of ``fmt`` (keys: age=, pgp=, kms=, ...)."""
+    env = keys.pop("env", None)
+    opts = EncryptOptions([_entries(**keys)])
+    return encrypt_loaded([from_python(values)], fmt, opts, services=[LocalKeyService(env)])

@@ -1,0 +1,129 @@
+"""The ``ENC[AES256_GCM,data:...,iv:...,tag:...,type:...]`` value codec (pure).
+
+The IV is 32 random bytes, as sops uses; ``cryptography``'s AESGCM accepts nonces of 8 to 128
+bytes. The associated data is the path string of the value (see :mod:`sops_enclave.walk`).
+Randomness is injectable through ``iv=``; sops' "keep the IV of an unchanged value" behaviour is
+the explicit ``previous`` map of :class:`ValueCipher`, never hidden state.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from typing import Any, Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sops_enclave.errors import ErrorDecryptingTree
+from sops_enclave.goformat import plain_bytes
+from sops_enclave.tree import Comment, Timestamp
+
+__all__ = ["ValueCipher", "is_encrypted_value", "DecryptError"]
+
+_ENC_RE = re.compile(r"^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]", re.S)
+_BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+class DecryptError(ErrorDecryptingTree):
+    """A value that cannot be decrypted (exit 25), whatever the cause."""
+
+
+def is_encrypted_value(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith("ENC[AES256_GCM,")
+
+
+def _b64d(s: str) -> bytes:
+    return base64.b64decode(s, validate=True)
+
+
+def _parse_plain(plaintext: bytes, typ: str) -> Any:
+    if typ == "str":
+        return plaintext.decode("utf-8", "surrogateescape")
+    if typ == "int":
+        try:
+            return int(plaintext.decode("ascii"), 10)
+        except ValueError:
+            raise DecryptError("could not parse int") from None
+    if typ == "float":
+        try:
+            return float(plaintext.decode("ascii"))
+        except ValueError:
+            raise DecryptError("could not parse float") from None
+    if typ == "bool":
+        s = plaintext.decode("ascii", "replace")
+        if s in _BOOL_TRUE:
+            return True
+        if s in _BOOL_FALSE:
+            return False
+        raise DecryptError("could not parse bool")
+    if typ == "time":
+        return Timestamp(plaintext.decode("utf-8"))
+    if typ == "comment":
+        return Comment(plaintext.decode("utf-8", "surrogateescape"))
+    if typ == "bytes":
+        return bytes(plaintext)
+    raise DecryptError(f"Unknown datatype: {typ}")
+
+
+class ValueCipher:
+    """Encrypts and decrypts tree values under one data key.
+
+    ``previous`` maps ``(aad, plaintext bytes, type)`` to the IV a value had when it was
+    decrypted; encrypting the same plaintext at the same path reuses that IV so unchanged
+    values keep their ciphertext (sops' behaviour for edit/set/unset).
+    """
+
+    def __init__(self, key: bytes, *, random: Callable[[int], bytes] = os.urandom,
+                 previous: dict[tuple[bytes, bytes, str], bytes] | None = None):
+        if len(key) != 32:
+            raise ValueError("data key must be 32 bytes")
+        self._aead = AESGCM(key)
+        self._random = random
+        self.previous = previous
+        self.record = False
+        self.seen: dict[tuple[bytes, bytes, str], bytes] = {}
+
+    def encrypt(self, value: Any, aad: bytes, *, iv: bytes | None = None) -> str:
+        """``ENC[...]`` for a scalar (or :class:`Comment`) at the path ``aad``."""
+        if isinstance(value, Comment):
+            pt, typ = value.value.encode("utf-8", "surrogateescape"), "comment"
+        else:
+            pt, typ = plain_bytes(value)
+        if iv is None and self.previous is not None:
+            iv = self.previous.get((aad, pt, typ))
+        if iv is None:
+            iv = self._random(32)
+        ct = self._aead.encrypt(iv, pt, aad)
+        b64 = base64.b64encode
+        return "ENC[AES256_GCM,data:%s,iv:%s,tag:%s,type:%s]" % (
+            b64(ct[:-16]).decode(), b64(iv).decode(), b64(ct[-16:]).decode(), typ)
+
+    def decrypt_raw(self, s: str, aad: bytes) -> tuple[bytes, str]:
+        m = _ENC_RE.match(s) if isinstance(s, str) else None
+        if m is None:
+            shown = s if isinstance(s, str) and len(s) < 64 else "value"
+            raise DecryptError(f"Input string {shown} does not match sops' data format")
+        data_s, iv_s, tag_s, typ = m.groups()
+        try:
+            data, iv, tag = _b64d(data_s), _b64d(iv_s), _b64d(tag_s)
+        except (binascii.Error, ValueError):
+            raise DecryptError("Error base64-decoding value") from None
+        if len(iv) < 8 or len(iv) > 128:
+            raise DecryptError("Could not decrypt with AES_GCM: invalid nonce size")
+        try:
+            pt = self._aead.decrypt(iv, data + tag, aad)
+        except InvalidTag:
+            raise DecryptError("Could not decrypt with AES_GCM: cipher: message authentication "
+                               "failed") from None
+        if self.record:
+            self.seen[(aad, pt, typ)] = iv
+        return pt, typ
+
+    def decrypt(self, s: str, aad: bytes) -> Any:
+        """The plaintext value of an ``ENC[...]`` string (a :class:`Comment` for comments)."""
+        pt, typ = self.decrypt_raw(s, aad)
+        return _parse_plain(pt, typ)

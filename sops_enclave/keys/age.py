@@ -1,0 +1,51 @@
+"""age master keys through pyrage: an ASCII-armored age file holding the data key."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyrage
+
+from sops_enclave.errors import KeyMismatch, SopsError
+
+__all__ = ["parse_recipient", "parse_identities", "wrap", "unwrap"]
+
+
+def parse_recipient(s: str):
+    s = s.strip()
+    try:
+        if s.startswith("ssh-"):
+            return pyrage.ssh.Recipient.from_str(s)
+        return pyrage.x25519.Recipient.from_str(s)
+    except Exception as e:  # pyrage raises RecipientError or ValueError
+        raise SopsError(f"could not parse age recipient {s!r}: failed to parse input as "
+                        f"Bech32-encoded age public key: {e}") from None
+
+
+def parse_identities(text: str, source: str) -> list:
+    """Identities from a keys.txt-style text (one per line, ``#`` comments)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            out.append(pyrage.x25519.Identity.from_str(line))
+        except Exception:
+            raise SopsError(f"failed to parse age identity from {source}, line {n}") from None
+    return out
+
+
+def wrap(data_key: bytes, recipient: str) -> str:
+    r = parse_recipient(recipient)
+    return pyrage.encrypt(data_key, [r], armored=True).decode("ascii")
+
+
+def unwrap(enc: str, identities: Sequence) -> bytes:
+    if not identities:
+        raise KeyMismatch("failed to create reader for decrypting sops data key with age: no "
+                          "identities found; set SOPS_AGE_KEY_FILE or SOPS_AGE_KEY")
+    try:
+        return pyrage.decrypt(enc.encode("ascii"), list(identities))
+    except Exception as e:
+        raise KeyMismatch(f"failed to create reader for decrypting sops data key with age: {e}") from None

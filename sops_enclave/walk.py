@@ -1,0 +1,230 @@
+"""Encrypt and decrypt a whole tree, and compute its MAC, as sops' ``Tree.Encrypt``/``Decrypt``.
+
+Pure: the cipher (and so the data key and randomness) is passed in. The walk is depth-first in
+document order; the associated data of a value is its map-key path joined with ``:`` plus a
+trailing ``:`` (list indices are not part of it). The MAC is SHA-512 over the plaintext bytes of
+every non-comment leaf (only encrypted ones with ``mac_only_encrypted``), as uppercase hex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sops_enclave.cipher import ValueCipher
+from sops_enclave.errors import ErrorEncryptingTree, SopsError
+from sops_enclave.goformat import plain_bytes
+from sops_enclave.tree import Branch, Comment
+
+__all__ = ["CryptRule", "encrypt_tree", "decrypt_tree", "compute_mac", "CRYPT_RULE_NAMES",
+           "MAC_ONLY_ENCRYPTED_INIT"]
+
+CRYPT_RULE_NAMES = ("unencrypted_suffix", "encrypted_suffix", "unencrypted_regex",
+                    "encrypted_regex", "unencrypted_comment_regex", "encrypted_comment_regex")
+
+#: SHA-256("sops"), fed first into the MAC when ``mac_only_encrypted`` is set.
+MAC_ONLY_ENCRYPTED_INIT = hashlib.sha256(b"sops").digest()
+
+
+@dataclass(frozen=True)
+class CryptRule:
+    """Which leaves get encrypted: at most one of the six sops rules (``kind`` None = all)."""
+
+    kind: str | None = None
+    value: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in CRYPT_RULE_NAMES:
+            raise ValueError(f"unknown crypt rule {self.kind}")
+        if self.kind is not None and self.kind.endswith("regex"):
+            try:
+                object.__setattr__(self, "_re", re.compile(self.value))
+            except re.error as e:
+                raise SopsError(f"invalid {self.kind} {self.value!r}: {e}") from None
+
+    def should_encrypt(self, path: list[str], stack: list[list[str]], is_comment: bool) -> bool:
+        kind = self.kind
+        if kind is None:
+            return True
+        if kind == "unencrypted_suffix":
+            return not any(p.endswith(self.value) for p in path)
+        if kind == "encrypted_suffix":
+            return any(p.endswith(self.value) for p in path)
+        rx = self._re  # type: ignore[attr-defined]
+        if kind == "unencrypted_regex":
+            return not any(rx.search(p) for p in path)
+        if kind == "encrypted_regex":
+            return any(rx.search(p) for p in path)
+        if kind == "unencrypted_comment_regex":
+            return not any(rx.search(c) for cs in stack for c in cs)
+        # encrypted_comment_regex: the marker comment itself stays plaintext.
+        last = len(stack) - 1
+        for i, cs in enumerate(stack):
+            for j, c in enumerate(cs):
+                if is_comment and i == last and j == len(cs) - 1:
+                    continue
+                if rx.search(c):
+                    return True
+        return False
+
+
+class _Walker:
+    def __init__(self, rule: CryptRule, mac_only_encrypted: bool, on_leaf):
+        self.rule = rule
+        self.simple = rule.kind is None or not rule.kind.endswith("comment_regex")
+        self.hash = hashlib.sha512()
+        if mac_only_encrypted:
+            self.hash.update(MAC_ONLY_ENCRYPTED_INIT)
+        self.mac_only = mac_only_encrypted
+        self.on_leaf = on_leaf
+
+    def branch(self, br: Branch, path: list[str], stack: list[list[str]]) -> Branch:
+        frame: list[str] = []
+        stack = stack + [frame]
+        out = Branch()
+        on_leaf = self.on_leaf
+        for key, value in br:
+            if isinstance(key, Comment):
+                frame.append(key.value)
+                new = on_leaf(key, path, stack)
+                out.append((new if isinstance(new, Comment) else Comment(new), None))
+                continue
+            if not isinstance(key, str):
+                raise ErrorEncryptingTree(
+                    f"Error walking tree: Tree contains a non-string key (type {_gotype(key)}): "
+                    f"{key}. Only string keys aresupported")
+            sub = path + [key]
+            if isinstance(value, Branch):
+                new = self.branch(value, sub, stack)
+            elif isinstance(value, list):
+                new = self.seq(value, sub, stack)
+            elif value is None:
+                new = None
+            else:
+                new = on_leaf(value, sub, stack)
+            out.append((key, new))
+            if frame:
+                frame.clear()
+        return out
+
+    def seq(self, seq: list, path: list[str], stack: list[list[str]]) -> list:
+        frame: list[str] = []
+        stack = stack + [frame]
+        out = []
+        on_leaf = self.on_leaf
+        for value in seq:
+            is_comment = isinstance(value, Comment)
+            if is_comment:
+                frame.append(value.value)
+            if isinstance(value, Branch):
+                new = self.branch(value, path, stack)
+            elif isinstance(value, list):
+                new = self.seq(value, path, stack)
+            elif value is None:
+                new = None
+            else:
+                new = on_leaf(value, path, stack)
+            out.append(new)
+            if not is_comment and frame:
+                frame.clear()
+        return out
+
+
+def _gotype(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float64"
+    if v is None:
+        return "<nil>"
+    return type(v).__name__
+
+
+def _aad(path: list[str]) -> bytes:
+    return (":".join(path) + ":").encode("utf-8", "surrogateescape")
+
+
+def encrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = CryptRule(),
+                 mac_only_encrypted: bool = False) -> tuple[list[Branch], str]:
+    """Encrypt every leaf the rule selects. Returns the new branches and the MAC (hex)."""
+    def on_leaf(value: Any, path: list[str], stack: list[list[str]]) -> Any:
+        is_comment = isinstance(value, Comment)
+        enc = rule.should_encrypt(path, stack, is_comment)
+        if not is_comment and (not w.mac_only or enc):
+            try:
+                pt, _ = plain_bytes(value)
+            except TypeError as e:
+                raise ErrorEncryptingTree(f"Error walking tree: {e}") from None
+            w.hash.update(pt)
+        if not enc:
+            return value
+        if (is_comment and value.value == "") or value == "":
+            return ""  # sops never encrypts an empty string or comment
+        out = cipher.encrypt(value, _aad(path))
+        if is_comment and rule.kind == "unencrypted_comment_regex" and rule._re.search(out):  # type: ignore[attr-defined]
+            raise ErrorEncryptingTree(
+                "Error walking tree: Could not encrypt value: Encrypted comment matches "
+                "UnencryptedCommentRegex! Make sure that UnencryptedCommentRegex cannot match "
+                "an encrypted comment.")
+        return out
+
+    w = _Walker(rule, mac_only_encrypted, on_leaf)
+    out = [w.branch(b, [], []) for b in branches]
+    return out, w.hash.hexdigest().upper()
+
+
+def decrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = CryptRule(),
+                 mac_only_encrypted: bool = False) -> tuple[list[Branch], str]:
+    """Decrypt every leaf the rule selects. Returns plaintext branches and the computed MAC."""
+    def on_leaf(value: Any, path: list[str], stack: list[list[str]]) -> Any:
+        is_comment = isinstance(value, Comment)
+        enc = rule.should_encrypt(path, stack, is_comment)
+        if enc:
+            if is_comment:
+                if value.value == "":
+                    v: Any = ""
+                else:
+                    try:
+                        v = cipher.decrypt(value.value, _aad(path))
+                    except SopsError:
+                        v = value  # an old, unencrypted comment: kept as it is
+            elif value == "":
+                v = ""
+            else:
+                try:
+                    v = cipher.decrypt(value, _aad(path))
+                except SopsError as e:
+                    raise type(e)("Error decrypting tree: Error walking tree: Could not decrypt "
+                                  f"value: {e.message}") from None
+        else:
+            v = value
+        if (not w.mac_only or enc) and not isinstance(v, Comment):
+            w.hash.update(plain_bytes(v)[0])
+        return v
+
+    w = _Walker(rule, mac_only_encrypted, on_leaf)
+    out = [w.branch(b, [], []) for b in branches]
+    return out, w.hash.hexdigest().upper()
+
+
+def compute_mac(branches: list[Branch], rule: CryptRule = CryptRule(),
+                mac_only_encrypted: bool = False) -> str:
+    """The MAC of a plaintext tree (what encrypting it would produce)."""
+    h = hashlib.sha512()
+    if mac_only_encrypted:
+        h.update(MAC_ONLY_ENCRYPTED_INIT)
+
+    def on_leaf(value: Any, path: list[str], stack: list[list[str]]) -> Any:
+        is_comment = isinstance(value, Comment)
+        if not is_comment and (not mac_only_encrypted or rule.should_encrypt(path, stack, False)):
+            h.update(plain_bytes(value)[0])
+        return value
+
+    w = _Walker(rule, mac_only_encrypted, on_leaf)
+    for b in branches:
+        w.branch(b, [], [])
+    return h.hexdigest().upper()

@@ -1,0 +1,509 @@
+"""The ``sops-enclave`` command: sops' command line, plus the enclave commands.
+
+This is the only module that reads argv, prints, and turns errors into exit codes (one
+``except SopsError`` in :func:`main`). It follows sops 3.11 (urfave/cli v1): global flags go
+before a subcommand; a subcommand's flags may come before or after its file; in the legacy
+form (``sops-enclave -d FILE``) anything after the file is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any, Callable, Sequence
+
+from sops_enclave import __version__
+from sops_enclave.errors import (ConflictingParameters, DuplicateDecryptionKeyType, SopsError)
+
+__all__ = ["main"]
+
+_BOOL_FLAGS = {"ignore-mac", "in-place", "enable-local-keyservice", "mac-only-encrypted",
+               "verbose", "decrypt", "encrypt", "rotate", "disable-version-check",
+               "check-for-updates", "version", "show-master-keys"}
+
+
+class _UsageError(SopsError):
+    exit_code = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a: Any, **kw: Any):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*a, **kw)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"Incorrect Usage: {message}\n(see '{self.prog} --help')")
+
+
+def _warn(msg: str) -> None:
+    print(f"[sops-enclave] warning: {msg}", file=sys.stderr)
+
+
+def _add_key_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", "--kms", metavar="ARNS", help="comma-separated AWS KMS ARNs "
+                   "(ARN+ROLE_ARN for a role) [$SOPS_KMS_ARN]")
+    p.add_argument("--aws-profile", default="", help="the AWS profile for KMS keys")
+    p.add_argument("-p", "--pgp", metavar="FPS", help="comma-separated PGP fingerprints "
+                   "[$SOPS_PGP_FP]")
+    p.add_argument("-a", "--age", metavar="RECIPIENTS", help="comma-separated age recipients "
+                   "[$SOPS_AGE_RECIPIENTS]")
+    for name in ("gcp-kms", "azure-kv", "hc-vault-transit", "hckms"):
+        p.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    p.add_argument("--encryption-context", default="", help="KMS encryption context, "
+                   "k1:v1,k2:v2")
+    p.add_argument("--shamir-secret-sharing-threshold", type=int, default=0, metavar="N",
+                   help="number of key groups needed to decrypt")
+
+
+def _add_rule_flags(p: argparse.ArgumentParser, comments: bool) -> None:
+    p.add_argument("--unencrypted-suffix", help="keys ending with this stay in clear text "
+                   "(default _unencrypted)")
+    p.add_argument("--encrypted-suffix", help="only keys ending with this are encrypted")
+    p.add_argument("--unencrypted-regex", help="keys matching this stay in clear text")
+    p.add_argument("--encrypted-regex", help="only keys matching this are encrypted")
+    if comments:
+        p.add_argument("--unencrypted-comment-regex", help="values after a matching comment "
+                       "stay in clear text")
+        p.add_argument("--encrypted-comment-regex", help="only values after a matching comment "
+                       "are encrypted")
+        p.add_argument("--mac-only-encrypted", action="store_true", default=None,
+                       help="compute the MAC over encrypted values only")
+
+
+def _add_io_flags(p: argparse.ArgumentParser, decrypt: bool) -> None:
+    p.add_argument("-i", "--in-place", action="store_true", help="write the result to the file")
+    p.add_argument("--output", help="write the result to this file (atomically)")
+    p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary (default: from the "
+                   "file extension)")
+    p.add_argument("--output-type", help="yaml, json, dotenv, ini or binary (default: from the "
+                   "file extension)")
+    p.add_argument("--filename-override", help="use this name to pick the format and the "
+                   ".sops.yaml rule (required for stdin with encrypt)")
+    p.add_argument("--keyservice", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--enable-local-keyservice", action="store_true", default=None,
+                   help=argparse.SUPPRESS)
+    if decrypt:
+        p.add_argument("--extract", help='print only this part, e.g. \'["db"]["password"]\'')
+        p.add_argument("--ignore-mac", action="store_true", help="skip the MAC check (dangerous)")
+        p.add_argument("--decryption-order", help="key types to try first, default age,pgp "
+                       "[$SOPS_DECRYPTION_ORDER]")
+
+
+def _global_parser() -> _Parser:
+    p = _Parser(prog="sops-enclave", add_help=True,
+                description="A drop-in for sops (decrypt, encrypt, ...) with enclave-backed "
+                "packing and verifiable receipts. Legacy form: sops-enclave [-d|-e] FILE.",
+                epilog="Commands: decrypt, encrypt, attestation, verify. "
+                "Run 'sops-enclave COMMAND --help' for a command's flags.")
+    p.add_argument("-d", "--decrypt", action="store_true", help="decrypt FILE to stdout")
+    p.add_argument("-e", "--encrypt", action="store_true", help="encrypt FILE to stdout")
+    _add_io_flags(p, decrypt=True)
+    _add_key_flags(p)
+    _add_rule_flags(p, comments=True)
+    p.add_argument("--config", help="path to .sops.yaml [$SOPS_CONFIG]")
+    p.add_argument("--indent", type=int, help="indentation of YAML/JSON output (legacy form)")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="store_true", help="print the version")
+    p.add_argument("--disable-version-check", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--check-for-updates", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("file", nargs="?", help="the file to work on")
+    return p
+
+
+def _decrypt_parser() -> _Parser:
+    p = _Parser(prog="sops-enclave decrypt", description="Decrypt a SOPS file (stdin when no "
+                "FILE) and print the plaintext.")
+    _add_io_flags(p, decrypt=True)
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    p.add_argument("file", nargs="?")
+    return p
+
+
+def _encrypt_parser() -> _Parser:
+    p = _Parser(prog="sops-enclave encrypt", description="Encrypt a plaintext file (stdin with "
+                "--filename-override) with the keys from flags or .sops.yaml.")
+    _add_io_flags(p, decrypt=False)
+    _add_key_flags(p)
+    _add_rule_flags(p, comments=False)
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    p.add_argument("file", nargs="?")
+    return p
+
+
+def _preprocess_bools(argv: list[str]) -> tuple[list[str], dict[str, bool]]:
+    """Go bool flags accept ``--flag=false``; argparse does not. Pull those out."""
+    out, overrides = [], {}
+    for a in argv:
+        if a.startswith("-") and "=" in a:
+            name, _, val = a.lstrip("-").partition("=")
+            if name in _BOOL_FLAGS:
+                v = val.lower() in ("1", "t", "true")
+                overrides[name.replace("-", "_")] = v
+                if v:
+                    out.append("--" + name)
+                continue
+        out.append(a)
+    return out, overrides
+
+
+# ------------------------------------------------------------------ shared option handling
+
+class _Ctx:
+    """What a command needs from flags and the environment, resolved once."""
+
+    def __init__(self, args: argparse.Namespace, env: dict[str, str], cwd: str):
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self.args, name, default)
+
+    def services(self) -> list:
+        from sops_enclave.keys.groups import LocalKeyService
+
+        enable = self.get("enable_local_keyservice")
+        if enable is None:
+            enable = self.env.get("SOPS_ENABLE_LOCAL_KEYSERVICE", "true").lower() not in ("false", "0", "f")
+        uris = list(self.get("keyservice") or [])
+        if not uris and self.env.get("SOPS_KEYSERVICE"):
+            uris = [u for u in self.env["SOPS_KEYSERVICE"].split(",") if u]
+        svcs: list = [LocalKeyService(self.env)] if enable else []
+        if uris:
+            raise SopsError("--keyservice is not supported yet by sops-enclave")
+        return svcs
+
+    def decryption_order(self) -> list[str]:
+        raw = self.get("decryption_order") or self.env.get("SOPS_DECRYPTION_ORDER") or "age,pgp"
+        seen: list[str] = []
+        for t in raw.split(","):
+            t = t.strip()
+            if not t:
+                continue
+            if t in seen:
+                raise DuplicateDecryptionKeyType(f"Duplicate decryption key type: {t}")
+            seen.append(t)
+        return seen
+
+    def config(self, path_for_rules: str):
+        """The loaded .sops.yaml (or None) — search from the cwd, or --config/SOPS_CONFIG."""
+        from sops_enclave import config as cfgmod
+
+        explicit = self.get("config") or self.env.get("SOPS_CONFIG")
+        cfg_path = explicit or cfgmod.find_config(self.cwd)
+        if not cfg_path:
+            return None, None
+        try:
+            with open(cfg_path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SopsError(f"error loading config: {cfg_path}: {e.strerror}") from None
+        return cfgmod.load_config(data, cfg_path), cfg_path
+
+    def store_config(self, cfg) -> Any:
+        from sops_enclave.api import StoreConfig
+
+        sc = StoreConfig()
+        if cfg is not None:
+            st = getattr(cfg, "stores", None)
+            if st is not None:
+                sc = StoreConfig(yaml_indent=getattr(st, "yaml_indent", 0) or 0,
+                                 json_indent=getattr(st, "json_indent", -1),
+                                 json_binary_indent=getattr(st, "json_binary_indent", -1))
+        indent = self.get("legacy_indent")
+        if indent is not None:
+            sc = StoreConfig(indent, indent, indent)
+        return sc
+
+
+def _abs(path: str, cwd: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(cwd, path))
+
+
+def _write_result(ctx: _Ctx, data: bytes, in_path: str | None) -> None:
+    from sops_enclave.fileio import write_atomic
+
+    if ctx.get("in_place"):
+        assert in_path is not None
+        write_atomic(in_path, data)
+        return
+    out = ctx.get("output")
+    if out:
+        write_atomic(_abs(out, ctx.cwd), data)
+        return
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _check_io_flags(ctx: _Ctx, file: str | None) -> None:
+    if ctx.get("in_place") and ctx.get("output"):
+        raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
+    if file is None and ctx.get("in_place"):
+        raise ConflictingParameters("Error: cannot use --in-place when reading from stdin")
+
+
+def _read(ctx: _Ctx, file: str | None) -> tuple[bytes, str | None, str]:
+    """(content, absolute input path or None for stdin, path used to pick formats/rules)."""
+    from sops_enclave.fileio import read_input
+
+    override = ctx.get("filename_override")
+    if file is None:
+        data = sys.stdin.buffer.read()
+        name = _abs(override, ctx.cwd) if override else ""
+        return data, None, name
+    path = _abs(file, ctx.cwd)
+    data = read_input(path)
+    return data, path, _abs(override, ctx.cwd) if override else path
+
+
+# ------------------------------------------------------------------ decrypt / encrypt
+
+def _do_decrypt(ctx: _Ctx, file: str | None) -> int:
+    from sops_enclave import api
+    from sops_enclave.formats import resolve_format
+
+    _check_io_flags(ctx, file)
+    data, in_path, name = _read(ctx, file)
+    in_fmt = resolve_format(ctx.get("input_type"), name)
+    out_fmt = resolve_format(ctx.get("output_type"), name)
+    cfg, _ = _safe_config(ctx, name)
+    extract = None
+    if ctx.get("extract"):
+        extract = api.parse_tree_path(ctx.get("extract"))
+    order = ctx.decryption_order()
+    d = api.decrypt_document(data, in_fmt, services=ctx.services(),
+                             ignore_mac=bool(ctx.get("ignore_mac")), decryption_order=order)
+    sc = ctx.store_config(cfg)
+    if extract is not None:
+        value = api.extract(d.branches[0], extract)
+        out = api.emit_extracted(value, out_fmt, sc)
+    else:
+        out = api.emit_plain(d.branches, out_fmt, sc)
+    _write_result(ctx, out, in_path)
+    return 0
+
+
+def _safe_config(ctx: _Ctx, name: str):
+    try:
+        return ctx.config(name)
+    except SopsError:
+        if ctx.get("mode") == "decrypt":
+            return None, None  # decrypt never fails because of the creation rules
+        raise
+
+
+def _split_csv(s: str | None) -> list[str]:
+    return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
+    from sops_enclave import config as cfgmod
+    from sops_enclave.api import EncryptOptions
+    from sops_enclave.metadata import AgeEntry, KMSEntry, PGPEntry
+    from sops_enclave.walk import CRYPT_RULE_NAMES, CryptRule
+
+    env = ctx.env
+    kms = ctx.get("kms") if ctx.get("kms") is not None else env.get("SOPS_KMS_ARN")
+    pgp = ctx.get("pgp") if ctx.get("pgp") is not None else env.get("SOPS_PGP_FP")
+    age = ctx.get("age") if ctx.get("age") is not None else env.get("SOPS_AGE_RECIPIENTS")
+    for unsupported in ("gcp_kms", "azure_kv", "hc_vault_transit", "hckms"):
+        if ctx.get(unsupported):
+            raise SopsError(f"--{unsupported.replace('_', '-')} keys are not supported by "
+                            "sops-enclave (age, PGP and AWS KMS are)")
+    cfg, _ = ctx.config(name)
+    rule = None
+    if cfg is not None:
+        try:
+            rule = cfg.creation_rule_for(name)
+        except SopsError:
+            if not (kms or pgp or age):
+                raise
+    cli_rules = [(n, ctx.get(n)) for n in CRYPT_RULE_NAMES if ctx.get(n)]
+    if len(cli_rules) > 1:
+        raise ConflictingParameters("Error: cannot use more than one of encrypted_suffix, "
+                                    "unencrypted_suffix, encrypted_regex, unencrypted_regex, "
+                                    "encrypted_comment_regex, or unencrypted_comment_regex")
+    if kms or pgp or age:
+        context = cfgmod.parse_encryption_context(ctx.get("encryption_context") or "") \
+            if ctx.get("encryption_context") else {}
+        group: list = []
+        for spec in (cfgmod.parse_kms_arg(kms, context, ctx.get("aws_profile") or "") if kms else []):
+            group.append(KMSEntry(spec.arn, spec.role, tuple(spec.context), spec.aws_profile))
+        group += [PGPEntry(fp) for fp in _split_csv(pgp)]
+        group += [AgeEntry(r) for r in _split_csv(age)]
+        groups = [group]
+    elif rule is not None:
+        groups = [[_entry_from_spec(s) for s in g] for g in rule.key_groups]
+    else:
+        raise SopsError("config file not found, or has no creation rules, and no keys provided "
+                        "through command line options")
+    if cli_rules:
+        crypt = CryptRule(*cli_rules[0])
+    elif rule is not None and rule.crypt_rule:
+        crypt = CryptRule(*rule.crypt_rule)
+    else:
+        crypt = CryptRule("unencrypted_suffix", "_unencrypted")
+    if binary and (cli_rules or (rule is not None and rule.crypt_rule)):
+        _warn("Using a suffix or regex does not make sense with the binary store and will be "
+              "ignored.")
+        crypt = CryptRule("unencrypted_suffix", "_unencrypted")
+    threshold = ctx.get("shamir_secret_sharing_threshold") or (rule.shamir_threshold if rule else 0)
+    mac_only = ctx.get("mac_only_encrypted")
+    if mac_only is None:
+        mac_only = bool(rule.mac_only_encrypted) if rule else False
+    return EncryptOptions(groups, shamir_threshold=threshold, crypt_rule=crypt,
+                          mac_only_encrypted=mac_only), cfg
+
+
+def _entry_from_spec(spec: Any):
+    from sops_enclave.metadata import AgeEntry, KMSEntry, OtherEntry, PGPEntry
+
+    kind = type(spec).__name__
+    if kind == "AgeKeySpec":
+        return AgeEntry(spec.recipient)
+    if kind == "PGPKeySpec":
+        return PGPEntry(spec.fingerprint)
+    if kind == "KMSKeySpec":
+        return KMSEntry(spec.arn, spec.role, tuple(spec.context), spec.aws_profile)
+    raise SopsError(f"sops-enclave cannot encrypt with {getattr(spec, 'type', kind)} keys")
+
+
+def _do_encrypt(ctx: _Ctx, file: str | None, *, legacy: bool = False) -> int:
+    from sops_enclave import api
+    from sops_enclave.formats import resolve_format
+
+    _check_io_flags(ctx, file)
+    if file is None and not ctx.get("filename_override"):
+        raise ConflictingParameters("Error: must specify --filename-override when reading from "
+                                    "stdin")
+    data, in_path, name = _read(ctx, file)
+    in_fmt = resolve_format(ctx.get("input_type"), name)
+    out_fmt = resolve_format(ctx.get("output_type"), name)
+    opts, cfg = _encrypt_options(ctx, name, binary=(in_fmt == "binary"))
+    out = api.encrypt_document(data, in_fmt, out_fmt, opts, services=ctx.services(),
+                               cfg=ctx.store_config(cfg))
+    _write_result(ctx, out, in_path)
+    return 0
+
+
+# ------------------------------------------------------------------ dispatch
+
+def _extra_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:
+    """Commands that live in other modules: name -> register(subparsers) hook."""
+    return {}
+
+
+def _subcommand_index(argv: list[str], parser: argparse.ArgumentParser,
+                      names: Sequence[str]) -> int:
+    """Index of the subcommand name in argv (after the global flags), or -1."""
+    takes_value = set()
+    for act in parser._actions:
+        if act.option_strings and act.nargs != 0:
+            takes_value.update(act.option_strings)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return -1
+        if a.startswith("-") and a != "-":
+            if a in takes_value:
+                i += 2
+                continue
+            i += 1
+            continue
+        return i if a in names else -1
+    return -1
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
+    argv, bool_overrides = _preprocess_bools(argv)
+    gp = _global_parser()
+    commands = {"decrypt": _decrypt_parser, "encrypt": _encrypt_parser}
+    idx = _subcommand_index(argv, gp, list(commands) + list(_extra_commands()) + ["help"])
+    if idx >= 0:
+        name = argv[idx]
+        global_args = gp.parse_args(argv[:idx])
+        if name == "help":
+            gp.print_help()
+            return 0
+        if name in _extra_commands():
+            p = _Parser(prog="sops-enclave")
+            sub = p.add_subparsers(dest="cmd")
+            _extra_commands()[name](sub)
+            args = p.parse_args(argv[idx:])
+            return int(args.func(args))
+        args = commands[name]().parse_args(argv[idx + 1:])
+        for k, v in bool_overrides.items():
+            setattr(args, k, v)
+        args.config = global_args.config
+        args.mode = name
+        args.legacy_indent = None  # sops 3.11 ignores a global --indent before a subcommand
+        for n in ("mac_only_encrypted", "unencrypted_comment_regex", "encrypted_comment_regex"):
+            if not hasattr(args, n):
+                setattr(args, n, None)
+        ctx = _Ctx(args, env, cwd)
+        if name == "decrypt":
+            return _do_decrypt(ctx, args.file)
+        return _do_encrypt(ctx, args.file)
+    # Legacy form: flags, then one file; anything after the file is ignored (as sops does).
+    first_pos = -1
+    takes_value = {s for a in gp._actions if a.option_strings and a.nargs != 0
+                   for s in a.option_strings}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-") and a != "-":
+            i += 2 if a in takes_value else 1
+            continue
+        first_pos = i
+        break
+    extra = argv[first_pos + 1:] if first_pos >= 0 else []
+    args = gp.parse_args(argv[:first_pos + 1] if first_pos >= 0 else argv)
+    for k, v in bool_overrides.items():
+        setattr(args, k, v)
+    if extra:
+        _warn("More than one positional argument provided. Only the first one will be used!")
+        flagish = [e for e in extra if e.startswith("-")]
+        if flagish:
+            _warn(f'Note that one of the ignored positional argument is "{flagish[0]}", which '
+                  "looks like a flag. Flags must always be provided before the first positional "
+                  "argument!")
+    if args.version:
+        print(f"sops-enclave {__version__} (sops {__import__('sops_enclave').SOPS_FORMAT_VERSION} "
+              "compatible)")
+        return 0
+    args.legacy_indent = args.indent
+    ctx = _Ctx(args, env, cwd)
+    if args.file is None:
+        gp.print_help()
+        return 0
+    if args.decrypt:
+        args.mode = "decrypt"
+        return _do_decrypt(ctx, args.file)
+    if args.encrypt:
+        args.mode = "encrypt"
+        if not os.path.exists(_abs(args.file, cwd)):
+            from sops_enclave.errors import NoFileSpecified
+            raise NoFileSpecified(f'Error: cannot operate on non-existent file "{_abs(args.file, cwd)}"')
+        return _do_encrypt(ctx, args.file, legacy=True)
+    raise SopsError("sops-enclave does not support edit mode yet; use -d or -e")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sops-enclave``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    try:
+        return _run(argv, dict(os.environ), os.getcwd())
+    except SopsError as e:
+        if verbose:
+            traceback.print_exc()
+        print(e.diagnostics(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -125,10 +125,7 @@ def parse_tree_path(path: str) -> list[str | int]:
     out: list[str | int] = []
     parts = path.split("[")
     for i, part in enumerate(parts):
-        if i == 0:
-            if part:
-                raise InvalidTreePathFormat(f"error parsing --extract path: component {part} "
-                                            "doesn't start with [")
+        if i == 0 and not part:
             continue
         if not part.endswith("]"):
             raise InvalidTreePathFormat(f"error parsing --extract path: component {part} "
@@ -330,3 +327,124 @@ def encrypt_dict(values: Mapping[str, Any], fmt: str = "yaml", **keys: Any) -> b
     env = keys.pop("env", None)
     opts = EncryptOptions([_entries(**keys)])
     return encrypt_loaded([from_python(values)], fmt, opts, services=[LocalKeyService(env)])
+
+
+# ------------------------------------------------------------------ changing an encrypted file
+
+def _decrypt_with_key(data: bytes, fmt: str, services: Sequence, ignore_mac: bool,
+                      order: Sequence[str]) -> tuple[Decrypted, bytes]:
+    branches, md = load_encrypted(data, fmt)
+    key = get_data_key(md, services, order)
+    cipher = ValueCipher(key)
+    cipher.record = True
+    plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    if not ignore_mac:
+        _verify_mac(cipher, md, computed)
+    return Decrypted(plain, md, cipher.seen), key
+
+
+def modify_document(data: bytes, fmt: str, change, *, out_fmt: str | None = None,
+                    services: Sequence | None = None, ignore_mac: bool = False,
+                    decryption_order: Sequence[str] = DEFAULT_DECRYPTION_ORDER,
+                    cfg: StoreConfig | None = None, now: _dt.datetime | None = None) -> bytes | None:
+    """Decrypt, let ``change(branches)`` edit the plaintext in place, re-encrypt with the same
+    data key. Unchanged values keep their IVs (and so their ciphertext), as sops does.
+    ``change`` may return False to mean "nothing changed": then None is returned."""
+    services = services if services is not None else [LocalKeyService()]
+    d, key = _decrypt_with_key(data, fmt, services, ignore_mac, decryption_order)
+    if change(d.branches) is False:
+        return None
+    enc = encrypt_branches(d.branches, d.metadata, key, now=now, previous=d.previous_ivs)
+    return emit_encrypted(enc, d.metadata, out_fmt or fmt, cfg)
+
+
+def rotate_document(data: bytes, fmt: str, *, add: Sequence[KeyEntry] = (),
+                    remove: Sequence[KeyEntry] = (), out_fmt: str | None = None,
+                    services: Sequence | None = None, ignore_mac: bool = False,
+                    decryption_order: Sequence[str] = DEFAULT_DECRYPTION_ORDER,
+                    cfg: StoreConfig | None = None, now: _dt.datetime | None = None) -> bytes:
+    """A fresh data key for the same master keys (``add`` goes to group 0, ``remove`` from
+    any group, matched by key identity); every value is re-encrypted."""
+    services = services if services is not None else [LocalKeyService()]
+    d, _ = _decrypt_with_key(data, fmt, services, ignore_mac, decryption_order)
+    md = d.metadata
+    gone = {(e.type, e.ident()) for e in remove}
+    groups = [[e for e in g if (e.type, e.ident()) not in gone] for g in md.key_groups]
+    if add:
+        groups[0] = groups[0] + [e for e in add if (e.type, e.ident()) not in
+                                 {(x.type, x.ident()) for x in groups[0]}]
+    md.key_groups = groups
+    new_key = os.urandom(32)
+    protect_data_key(md, new_key, services, now=now)
+    enc = encrypt_branches(d.branches, md, new_key, now=now)
+    return emit_encrypted(enc, md, out_fmt or fmt, cfg)
+
+
+def set_value(branch: Branch, path: list[str | int], value: Any) -> bool:
+    """sops ``set``: create missing maps (string parts) and lists (int parts, append past the
+    end). Returns False when the value was already there."""
+    if not path:
+        raise SopsError("Error setting value: empty path")
+    cur: Any = branch
+    for i, comp in enumerate(path):
+        last = i == len(path) - 1
+        nxt = path[i + 1] if not last else None
+        if isinstance(comp, str):
+            if not isinstance(cur, Branch):
+                raise SopsError(f"Error setting value: component ['{comp}'] is not in a map")
+            j = cur.index_of(comp)
+            if last:
+                if j >= 0:
+                    if cur[j][1] == value and type(cur[j][1]) is type(value):
+                        return False
+                    cur[j] = (comp, value)
+                else:
+                    cur.append((comp, value))
+                return True
+            if j < 0:
+                cur.append((comp, Branch() if isinstance(nxt, str) else []))
+                j = len(cur) - 1
+            cur = cur[j][1]
+        else:
+            if not isinstance(cur, list) or isinstance(cur, Branch):
+                raise SopsError(f"Error setting value: component [{comp}] is not in a list")
+            idx = [k for k, x in enumerate(cur) if not isinstance(x, Comment)]
+            if last:
+                if comp < len(idx):
+                    if cur[idx[comp]] == value and type(cur[idx[comp]]) is type(value):
+                        return False
+                    cur[idx[comp]] = value
+                else:
+                    cur.append(value)
+                return True
+            if comp < len(idx):
+                cur = cur[idx[comp]]
+            else:
+                cur.append(Branch() if isinstance(nxt, str) else [])
+                cur = cur[-1]
+    return True
+
+
+def unset_value(branch: Branch, path: list[str | int]) -> None:
+    """sops ``unset``: remove the key or list item at ``path``."""
+    cur: Any = branch
+    for i, comp in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(comp, str) and isinstance(cur, Branch):
+            j = cur.index_of(comp)
+            if j < 0:
+                raise SopsError(f"Key not found: {comp}")
+            if last:
+                del cur[j]
+                return
+            cur = cur[j][1]
+        elif isinstance(comp, int) and isinstance(cur, list) and not isinstance(cur, Branch):
+            idx = [k for k, x in enumerate(cur) if not isinstance(x, Comment)]
+            if comp < 0 or comp >= len(idx):
+                raise SopsError(f"Index {comp} out of bounds")
+            if last:
+                del cur[idx[comp]]
+                return
+            cur = cur[idx[comp]]
+        else:
+            raise SopsError(f"Key not found: {comp}")

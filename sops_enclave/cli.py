@@ -95,10 +95,15 @@ def _global_parser() -> _Parser:
     p = _Parser(prog="sops-enclave", add_help=True,
                 description="A drop-in for sops (decrypt, encrypt, ...) with enclave-backed "
                 "packing and verifiable receipts. Legacy form: sops-enclave [-d|-e] FILE.",
-                epilog="Commands: decrypt, encrypt, attestation, verify. "
+                epilog="Commands: decrypt, encrypt, rotate, edit, set, unset, filestatus, exec-env, "
+                "exec-file, attestation, verify. "
                 "Run 'sops-enclave COMMAND --help' for a command's flags.")
     p.add_argument("-d", "--decrypt", action="store_true", help="decrypt FILE to stdout")
     p.add_argument("-e", "--encrypt", action="store_true", help="encrypt FILE to stdout")
+    p.add_argument("-r", "--rotate", action="store_true", help="rotate the data key of FILE")
+    for kind in ("kms", "pgp", "age"):
+        p.add_argument(f"--add-{kind}", help=argparse.SUPPRESS)
+        p.add_argument(f"--rm-{kind}", help=argparse.SUPPRESS)
     _add_io_flags(p, decrypt=True)
     _add_key_flags(p)
     _add_rule_flags(p, comments=True)
@@ -160,6 +165,12 @@ class _Ctx:
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self.args, name, default)
+
+    def abs(self, path: str) -> str:
+        return _abs(path, self.cwd)
+
+    def write_result(self, data: bytes, in_path: str | None) -> None:
+        _write_result(self, data, in_path)
 
     def services(self) -> list:
         from sops_enclave.keys.groups import LocalKeyService
@@ -390,9 +401,21 @@ def _do_encrypt(ctx: _Ctx, file: str | None, *, legacy: bool = False) -> int:
 
 # ------------------------------------------------------------------ dispatch
 
-def _extra_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:
-    """Commands that live in other modules: name -> register(subparsers) hook."""
-    return {}
+def _extra_commands() -> dict[str, str]:
+    """Commands that live in other modules: name -> "module:register" hook."""
+    return {"attestation": "sops_enclave.receipt.cli:register",
+            "verify": "sops_enclave.receipt.cli:register"}
+
+
+def _run_extra(name: str, argv: list[str]) -> int:
+    import importlib
+
+    mod, _, fn = _extra_commands()[name].partition(":")
+    p = _Parser(prog="sops-enclave")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    getattr(importlib.import_module(mod), fn)(sub)
+    args = p.parse_args(argv)
+    return int(args.func(args))
 
 
 def _subcommand_index(argv: list[str], parser: argparse.ArgumentParser,
@@ -420,8 +443,14 @@ def _subcommand_index(argv: list[str], parser: argparse.ArgumentParser,
 def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
     argv, bool_overrides = _preprocess_bools(argv)
     gp = _global_parser()
-    commands = {"decrypt": _decrypt_parser, "encrypt": _encrypt_parser}
-    idx = _subcommand_index(argv, gp, list(commands) + list(_extra_commands()) + ["help"])
+    from sops_enclave import commands as cmds
+
+    parsers: dict[str, Callable] = {"decrypt": lambda cls: _decrypt_parser(),
+                                    "encrypt": lambda cls: _encrypt_parser(), **cmds.PARSERS}
+    handlers: dict[str, Callable] = {"decrypt": lambda c: _do_decrypt(c, c.args.file),
+                                     "encrypt": lambda c: _do_encrypt(c, c.args.file),
+                                     **cmds.HANDLERS}
+    idx = _subcommand_index(argv, gp, list(parsers) + list(_extra_commands()) + ["help"])
     if idx >= 0:
         name = argv[idx]
         global_args = gp.parse_args(argv[:idx])
@@ -429,12 +458,8 @@ def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
             gp.print_help()
             return 0
         if name in _extra_commands():
-            p = _Parser(prog="sops-enclave")
-            sub = p.add_subparsers(dest="cmd")
-            _extra_commands()[name](sub)
-            args = p.parse_args(argv[idx:])
-            return int(args.func(args))
-        args = commands[name]().parse_args(argv[idx + 1:])
+            return _run_extra(name, argv[idx:])
+        args = parsers[name](_Parser).parse_args(argv[idx + 1:])
         for k, v in bool_overrides.items():
             setattr(args, k, v)
         args.config = global_args.config
@@ -443,10 +468,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
         for n in ("mac_only_encrypted", "unencrypted_comment_regex", "encrypted_comment_regex"):
             if not hasattr(args, n):
                 setattr(args, n, None)
-        ctx = _Ctx(args, env, cwd)
-        if name == "decrypt":
-            return _do_decrypt(ctx, args.file)
-        return _do_encrypt(ctx, args.file)
+        return handlers[name](_Ctx(args, env, cwd))
     # Legacy form: flags, then one file; anything after the file is ignored (as sops does).
     first_pos = -1
     takes_value = {s for a in gp._actions if a.option_strings and a.nargs != 0
@@ -488,7 +510,11 @@ def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
             from sops_enclave.errors import NoFileSpecified
             raise NoFileSpecified(f'Error: cannot operate on non-existent file "{_abs(args.file, cwd)}"')
         return _do_encrypt(ctx, args.file, legacy=True)
-    raise SopsError("sops-enclave does not support edit mode yet; use -d or -e")
+    if args.rotate:
+        args.mode = "rotate"
+        return cmds.do_rotate(ctx)
+    args.mode = "edit"
+    return cmds.do_edit(ctx)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

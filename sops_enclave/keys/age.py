@@ -43,8 +43,9 @@ def wrap(data_key: bytes, recipient: str) -> str:
 
 def unwrap(enc: str, identities: Sequence) -> bytes:
     if not identities:
-        raise KeyMismatch("failed to create reader for decrypting sops data key with age: no "
-                          "identities found; set SOPS_AGE_KEY_FILE or SOPS_AGE_KEY")
+        raise KeyMismatch("failed to load age identities. Did not find keys in locations "
+                          "'SOPS_AGE_KEY', 'SOPS_AGE_KEY_FILE', 'SOPS_AGE_KEY_CMD', and the "
+                          "default keys.txt ($XDG_CONFIG_HOME/sops/age/keys.txt).")
     try:
         return pyrage.decrypt(enc.encode("ascii"), list(identities))
     except Exception as e:

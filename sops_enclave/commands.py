@@ -1,0 +1,472 @@
+"""The sops subcommands beyond decrypt/encrypt: rotate, set, unset, filestatus, edit, exec-env,
+exec-file. Each has a parser factory and a handler ``(ctx) -> exit code``; :mod:`cli` wires
+them in and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+
+from sops_enclave.errors import (ConflictingParameters, FileHasNotBeenModified,
+                                 InvalidSetFormat, NoEditorFound, NoFileSpecified, SopsError)
+from sops_enclave.tree import Branch, Comment
+
+__all__ = ["PARSERS", "HANDLERS"]
+
+
+def _common(p: argparse.ArgumentParser, *, io: bool = True, types: bool = True) -> None:
+    if io:
+        p.add_argument("-i", "--in-place", action="store_true", help="write the result to the file")
+        p.add_argument("--output", help="write the result to this file (atomically)")
+    if types:
+        p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary")
+        p.add_argument("--output-type", help="yaml, json, dotenv, ini or binary")
+    p.add_argument("--ignore-mac", action="store_true", help="skip the MAC check (dangerous)")
+    p.add_argument("--decryption-order", help="key types to try first, default age,pgp")
+    p.add_argument("--keyservice", action="append", default=[], help="also use this key "
+                   "service (tcp://host:port or unix:///path)")
+    p.add_argument("--enable-local-keyservice", action="store_true", default=None,
+                   help="use local keys too (default true; --enable-local-keyservice=false)")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _parser(cls, name: str, desc: str) -> argparse.ArgumentParser:
+    return cls(prog=f"sops-enclave {name}", description=desc)
+
+
+def rotate_parser(cls):
+    p = _parser(cls, "rotate", "Re-encrypt FILE with a fresh data key (same master keys, plus "
+                "--add-*, minus --rm-*). Prints the result unless -i/--output.")
+    _common(p)
+    for kind in ("kms", "pgp", "age"):
+        p.add_argument(f"--add-{kind}", help=f"add these {kind} keys to key group 0 (comma-separated)")
+        p.add_argument(f"--rm-{kind}", help=f"remove these {kind} keys from every group")
+    p.add_argument("file")
+    return p
+
+
+def set_parser(cls):
+    p = _parser(cls, "set", "Set the value at PATH (e.g. '[\"db\"][\"password\"]') to a JSON "
+                "VALUE, in place.")
+    _common(p, io=False)
+    p.add_argument("--value-file", action="store_true", help="VALUE is a file holding the JSON")
+    p.add_argument("--value-stdin", action="store_true", help="read the JSON value from stdin")
+    p.add_argument("--idempotent", action="store_true", help="do not write when nothing changes")
+    p.add_argument("file")
+    p.add_argument("path")
+    p.add_argument("value", nargs="?")
+    return p
+
+
+def unset_parser(cls):
+    p = _parser(cls, "unset", "Remove the value at PATH, in place.")
+    _common(p, io=False)
+    p.add_argument("--idempotent", action="store_true", help="a missing key is not an error")
+    p.add_argument("file")
+    p.add_argument("path")
+    return p
+
+
+def filestatus_parser(cls):
+    p = _parser(cls, "filestatus", 'Print {"encrypted":true|false} for FILE.')
+    p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    p.add_argument("file")
+    return p
+
+
+def edit_parser(cls):
+    p = _parser(cls, "edit", "Decrypt FILE into a private temporary file, open $SOPS_EDITOR "
+                "(or $EDITOR), and re-encrypt what was saved. Unchanged values keep their "
+                "ciphertext. Exit 200 when nothing changed.")
+    _common(p, io=False)
+    p.add_argument("-s", "--show-master-keys", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("file")
+    return p
+
+
+def exec_env_parser(cls):
+    p = _parser(cls, "exec-env", "Run COMMAND (through /bin/sh -c) with the top-level values "
+                "of FILE in its environment; exits with the command's status.")
+    _common(p, io=False, types=False)
+    p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary (sops-enclave "
+                   "extension; sops takes the format from the extension only)")
+    p.add_argument("--pristine", action="store_true", help="only the secrets, not this "
+                   "process's environment")
+    p.add_argument("--user", help="run as this user (root only)")
+    p.add_argument("--same-process", action="store_true", help="replace this process (execve)")
+    p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("file")
+    p.add_argument("command")
+    return p
+
+
+def exec_file_parser(cls):
+    p = _parser(cls, "exec-file", "Run COMMAND with {} replaced by the path of a FIFO (or, with "
+                "--no-fifo, a 0600 file) holding the decrypted FILE; the file is removed "
+                "afterwards.")
+    _common(p, io=False)
+    p.add_argument("--no-fifo", action="store_true", help="use a regular 0600 file")
+    p.add_argument("--filename", help="name of the file inside the private temporary directory")
+    p.add_argument("--user", help="run as this user (root only)")
+    p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("file")
+    p.add_argument("command")
+    return p
+
+
+# ------------------------------------------------------------------ handlers
+
+def _fmt(ctx, name: str, which: str) -> str:
+    from sops_enclave.formats import resolve_format
+
+    return resolve_format(ctx.get(which), name)
+
+
+def _input(ctx) -> tuple[bytes, str]:
+    from sops_enclave.fileio import read_input
+
+    path = ctx.abs(ctx.get("file"))
+    return read_input(path), path
+
+
+def _keys_from_flags(value: str | None, kind: str) -> list:
+    from sops_enclave import config as cfgmod
+    from sops_enclave.metadata import AgeEntry, KMSEntry, PGPEntry
+
+    if not value:
+        return []
+    if kind == "kms":
+        return [KMSEntry(s.arn, s.role, tuple(s.context), s.aws_profile)
+                for s in cfgmod.parse_kms_arg(value, {}, "")]
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    return [PGPEntry(x) if kind == "pgp" else AgeEntry(x) for x in items]
+
+
+def do_rotate(ctx) -> int:
+    from sops_enclave import api
+
+    if ctx.get("in_place") and ctx.get("output"):
+        raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
+    data, path = _input(ctx)
+    add = sum((_keys_from_flags(ctx.get(f"add_{k}"), k) for k in ("kms", "pgp", "age")), [])
+    rm = sum((_keys_from_flags(ctx.get(f"rm_{k}"), k) for k in ("kms", "pgp", "age")), [])
+    out = api.rotate_document(data, _fmt(ctx, path, "input_type"), add=add, remove=rm,
+                              out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
+                              ignore_mac=bool(ctx.get("ignore_mac")),
+                              decryption_order=ctx.decryption_order(),
+                              cfg=ctx.store_config(ctx.config(path)[0]))
+    ctx.write_result(out, path)
+    return 0
+
+
+def _json_value(text: str) -> Any:
+    from sops_enclave.formats import json_store
+
+    def _float(s: str) -> float:
+        return float(s)
+
+    try:
+        v = json.JSONDecoder(object_pairs_hook=Branch, parse_int=_float).decode(text)
+    except (json.JSONDecodeError, ValueError):
+        raise InvalidSetFormat("Value for --set is not valid JSON") from None
+    if isinstance(v, list) and not isinstance(v, Branch):
+        raise InvalidSetFormat("Invalid --set value format")
+    del json_store
+    return v
+
+
+def _set_path(raw: str) -> list:
+    from sops_enclave import api
+    from sops_enclave.errors import InvalidTreePathFormat
+
+    try:
+        return api.parse_tree_path(raw)
+    except InvalidTreePathFormat:
+        raise InvalidSetFormat("Invalid set index format") from None
+
+
+def do_set(ctx) -> int:
+    from sops_enclave import api
+    from sops_enclave.fileio import write_atomic
+
+    data, path = _input(ctx)
+    tree_path = _set_path(ctx.get("path"))
+    if ctx.get("value_stdin"):
+        text = sys.stdin.read()
+    elif ctx.get("value_file"):
+        if ctx.get("value") is None:
+            raise InvalidSetFormat("Error: no value file given")
+        with open(ctx.abs(ctx.get("value")), encoding="utf-8") as f:
+            text = f.read()
+    else:
+        if ctx.get("value") is None:
+            raise InvalidSetFormat("Error: no value given")
+        text = ctx.get("value")
+    value = _json_value(text)
+    idempotent = bool(ctx.get("idempotent"))
+
+    def change(branches: list[Branch]) -> bool:
+        changed = api.set_value(branches[0], tree_path, value)
+        return changed or not idempotent
+
+    out = api.modify_document(data, _fmt(ctx, path, "input_type"), change,
+                              out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
+                              ignore_mac=bool(ctx.get("ignore_mac")),
+                              decryption_order=ctx.decryption_order(),
+                              cfg=ctx.store_config(ctx.config(path)[0]))
+    if out is not None:
+        write_atomic(path, out)
+    return 0
+
+
+def do_unset(ctx) -> int:
+    from sops_enclave import api
+    from sops_enclave.fileio import write_atomic
+
+    data, path = _input(ctx)
+    tree_path = _set_path(ctx.get("path"))
+
+    def change(branches: list[Branch]) -> bool:
+        try:
+            api.unset_value(branches[0], tree_path)
+        except SopsError:
+            if ctx.get("idempotent"):
+                return False
+            raise
+        return True
+
+    out = api.modify_document(data, _fmt(ctx, path, "input_type"), change,
+                              out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
+                              ignore_mac=bool(ctx.get("ignore_mac")),
+                              decryption_order=ctx.decryption_order(),
+                              cfg=ctx.store_config(ctx.config(path)[0]))
+    if out is not None:
+        write_atomic(path, out)
+    return 0
+
+
+def do_filestatus(ctx) -> int:
+    from sops_enclave import api
+
+    data, path = _input(ctx)
+    fmt = _fmt(ctx, path, "input_type")
+    try:
+        _, md = api.load_encrypted(data, fmt)
+        encrypted = bool(md.version and md.mac)
+    except SopsError as e:
+        msg = e.message
+        if "metadata not found" in msg or "Version string empty" in msg or "No keys found" in msg:
+            encrypted = False
+        else:
+            raise SopsError(f"cannot check file status: cannot load encrypted file: {msg}") from None
+    sys.stdout.write(json.dumps({"encrypted": encrypted}, separators=(",", ":")) + "\n")
+    return 0
+
+
+def _editor(env: dict) -> list[str]:
+    for var in ("SOPS_EDITOR", "EDITOR"):
+        if env.get(var):
+            return shlex.split(env[var])
+    for name in ("vim", "nano", "vi"):
+        found = shutil.which(name, path=env.get("PATH"))
+        if found:
+            return [found]
+    raise NoEditorFound("Could not run editor: no editor found (set SOPS_EDITOR or EDITOR)")
+
+
+def do_edit(ctx) -> int:
+    from sops_enclave import api
+    from sops_enclave.fileio import write_atomic
+
+    data, path = _input(ctx)
+    in_fmt = _fmt(ctx, path, "input_type")
+    out_fmt = _fmt(ctx, path, "output_type")
+    sc = ctx.store_config(ctx.config(path)[0])
+    editor = _editor(ctx.env)
+
+    def change(branches: list[Branch]) -> bool:
+        plain = api.emit_plain(branches, out_fmt, sc)
+        tmpdir = tempfile.mkdtemp(prefix="sops-enclave-edit-")
+        tmp = os.path.join(tmpdir, os.path.basename(path))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(plain)
+            before = hashlib.sha256(plain).digest()
+            while True:
+                try:
+                    rc = subprocess.run(editor + [tmp], env=ctx.env).returncode
+                except OSError as e:
+                    raise NoEditorFound(f"Could not run editor: {e.strerror}") from None
+                if rc != 0:
+                    raise NoEditorFound(f"Could not run editor: exit status {rc}")
+                with open(tmp, "rb") as f:
+                    edited = f.read()
+                if hashlib.sha256(edited).digest() == before:
+                    raise FileHasNotBeenModified("File has not changed, exiting.")
+                try:
+                    from sops_enclave.formats import get_store
+                    new = get_store(out_fmt).load_plain(edited)
+                    break
+                except (ValueError, SopsError) as e:
+                    if not sys.stdin.isatty():
+                        raise SopsError(f"Could not load tree, probably due to invalid syntax: "
+                                        f"{e}") from None
+                    print(f"Could not load tree, probably due to invalid syntax: {e}\nPress "
+                          "a key to return to the editor, or Ctrl+C to exit.", file=sys.stderr)
+                    sys.stdin.readline()
+            branches[:] = new
+            return True
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    out = api.modify_document(data, in_fmt, change, out_fmt=in_fmt, services=ctx.services(),
+                              ignore_mac=bool(ctx.get("ignore_mac")),
+                              decryption_order=ctx.decryption_order(), cfg=sc)
+    if out is not None:
+        write_atomic(path, out)
+    return 0
+
+
+_SIGNAL_TEXT = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated", signal.SIGINT: "interrupt",
+                signal.SIGHUP: "hangup", signal.SIGSEGV: "segmentation fault",
+                signal.SIGABRT: "aborted", signal.SIGPIPE: "broken pipe",
+                signal.SIGQUIT: "quit", signal.SIGUSR1: "user defined signal 1",
+                signal.SIGUSR2: "user defined signal 2"}
+
+
+def _child_status(rc: int) -> int:
+    """sops returns the child's status; a signal makes Go's ExitCode() -1, so 255."""
+    if rc == 0:
+        return 0
+    if rc < 0:
+        sig = -rc
+        print(f"signal: {_SIGNAL_TEXT.get(sig, f'signal {sig}')}", file=sys.stderr)
+        return 255
+    print(f"exit status {rc}", file=sys.stderr)
+    return rc
+
+
+def _user_preexec(user: str | None):
+    if not user:
+        return None, {}
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SopsError(f"user: unknown user {user}") from None
+    if os.geteuid() != 0:
+        raise SopsError("--user can only be used as root")
+
+    def switch() -> None:
+        os.initgroups(pw.pw_name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+
+    return switch, {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
+
+
+def _decrypt_for_exec(ctx, fmt_flag: str = "input_type"):
+    from sops_enclave import api
+
+    data, path = _input(ctx)
+    d = api.decrypt_document(data, _fmt(ctx, path, fmt_flag), services=ctx.services(),
+                             decryption_order=ctx.decryption_order())
+    return d, path
+
+
+def do_exec_env(ctx) -> int:
+    from sops_enclave.goformat import val_to_string
+
+    d, _ = _decrypt_for_exec(ctx)
+    secrets: dict[str, str] = {}
+    for k, v in d.branches[0]:
+        if isinstance(k, Comment):
+            continue
+        if isinstance(v, (Branch, list)):
+            raise SopsError(f"cannot use complex value in environment; offending key {k}")
+        if not isinstance(k, str):
+            raise SopsError(f"cannot use non-string keys in environment, got {type(k).__name__}")
+        if "=" in k:
+            raise SopsError(f"cannot use keys with '=' in environment: {k}")
+        secrets[k] = val_to_string(v)
+    preexec, user_env = _user_preexec(ctx.get("user"))
+    env = {} if ctx.get("pristine") else dict(ctx.env)
+    env.update(user_env)
+    env.update(secrets)
+    env_b = {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape")
+             for k, v in env.items()}
+    if ctx.get("same_process"):
+        os.execve("/bin/sh", ["/bin/sh", "-c", ctx.get("command")], env_b)
+    rc = subprocess.run(["/bin/sh", "-c", ctx.get("command")], env=env_b,
+                        preexec_fn=preexec).returncode
+    return _child_status(rc)
+
+
+def do_exec_file(ctx) -> int:
+    from sops_enclave import api
+
+    d, path = _decrypt_for_exec(ctx)
+    out_fmt = _fmt(ctx, path, "output_type")
+    plain = api.emit_plain(d.branches, out_fmt, ctx.store_config(None))
+    preexec, user_env = _user_preexec(ctx.get("user"))
+    tmpdir = tempfile.mkdtemp(prefix=".sops")
+    name = ctx.get("filename")
+    try:
+        if name is not None and (os.path.isabs(name) or os.path.normpath(name).startswith("..")
+                                 or os.sep in os.path.normpath(name)):
+            raise SopsError("The provided filename is not a local path.")
+        if not ctx.get("no_fifo"):
+            target = os.path.join(tmpdir, name or "tmp-file")
+            os.mkfifo(target, 0o600)
+
+            def feed() -> None:
+                try:
+                    with open(target, "wb") as f:
+                        f.write(plain)
+                except OSError:
+                    pass
+
+            threading.Thread(target=feed, daemon=True).start()
+        else:
+            if name:
+                target = os.path.join(tmpdir, name)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            else:
+                fd, target = tempfile.mkstemp(prefix="tmp-file", dir=tmpdir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(plain)
+        env = dict(ctx.env)
+        env.update(user_env)
+        cmd = ctx.get("command").replace("{}", target)
+        rc = subprocess.run(["/bin/sh", "-c", cmd], env=env, preexec_fn=preexec).returncode
+    finally:
+        if not ctx.get("no_fifo"):
+            # Unblock a writer whose reader never came, then clean up.
+            try:
+                fd = os.open(os.path.join(tmpdir, name or "tmp-file"), os.O_RDONLY | os.O_NONBLOCK)
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return _child_status(rc)
+
+
+PARSERS = {"rotate": rotate_parser, "set": set_parser, "unset": unset_parser,
+           "filestatus": filestatus_parser, "edit": edit_parser, "exec-env": exec_env_parser,
+           "exec-file": exec_file_parser}
+HANDLERS = {"rotate": do_rotate, "set": do_set, "unset": do_unset, "filestatus": do_filestatus,
+            "edit": do_edit, "exec-env": do_exec_env, "exec-file": do_exec_file}

@@ -448,3 +448,24 @@ def unset_value(branch: Branch, path: list[str | int]) -> None:
             cur = cur[idx[comp]]
         else:
             raise SopsError(f"Key not found: {comp}")
+
+
+def rekey_document(data: bytes, fmt: str, groups: list[list[KeyEntry]], *,
+                   shamir_threshold: int | None = None, services: Sequence | None = None,
+                   decryption_order: Sequence[str] = DEFAULT_DECRYPTION_ORDER,
+                   cfg: StoreConfig | None = None) -> bytes:
+    """Wrap the *same* data key for new key groups (``updatekeys``, ``groups add/delete``).
+
+    Values, the MAC and ``lastmodified`` stay byte for byte as they were."""
+    services = services if services is not None else [LocalKeyService()]
+    branches, md = load_encrypted(data, fmt)
+    key = get_data_key(md, services, decryption_order)
+    md.key_groups = [list(g) for g in groups]
+    if shamir_threshold is not None:
+        md.shamir_threshold = shamir_threshold
+    if len(md.key_groups) <= 1:
+        md.shamir_threshold = 0 if shamir_threshold is None else md.shamir_threshold
+    elif md.shamir_threshold > len(md.key_groups):
+        md.shamir_threshold = len(md.key_groups)
+    protect_data_key(md, key, services)
+    return emit_encrypted(branches, md, fmt, cfg)

@@ -470,3 +470,133 @@ PARSERS = {"rotate": rotate_parser, "set": set_parser, "unset": unset_parser,
            "exec-file": exec_file_parser}
 HANDLERS = {"rotate": do_rotate, "set": do_set, "unset": do_unset, "filestatus": do_filestatus,
             "edit": do_edit, "exec-env": do_exec_env, "exec-file": do_exec_file}
+
+
+# ------------------------------------------------------------------ key groups
+
+def groups_parser(cls):
+    p = _parser(cls, "groups", "Add or delete key groups of FILE (the data key stays the same).")
+    sub = p.add_subparsers(dest="groups_cmd", parser_class=cls)
+    a = sub.add_parser("add", help="add a key group")
+    d = sub.add_parser("delete", help="delete the key group at INDEX (0-based)")
+    for q in (a, d):
+        q.add_argument("--file", required=True, help="the SOPS file")
+        q.add_argument("-i", "--in-place", action="store_true", help="write the result to the file")
+        q.add_argument("--shamir-secret-sharing-threshold", type=int, help="the new threshold")
+        q.add_argument("--keyservice", action="append", default=[], help=argparse.SUPPRESS)
+        q.add_argument("--enable-local-keyservice", action="store_true", default=None,
+                       help=argparse.SUPPRESS)
+        q.add_argument("--decryption-order", help="key types to try first")
+        q.add_argument("--verbose", action="store_true")
+    a.add_argument("--pgp", action="append", default=[], help="a PGP fingerprint (repeatable)")
+    a.add_argument("--kms", action="append", default=[], help="an AWS KMS ARN (repeatable)")
+    a.add_argument("--age", action="append", default=[], help="an age recipient (repeatable)")
+    d.add_argument("index", type=int)
+    return p
+
+
+def do_groups(ctx) -> int:
+    from sops_enclave import api
+    from sops_enclave.fileio import read_input, write_atomic
+    from sops_enclave.formats import format_for_path
+
+    sub = ctx.get("groups_cmd")
+    if sub is None:
+        raise SopsError("groups: use 'groups add' or 'groups delete'")
+    path = ctx.abs(ctx.get("file"))
+    data = read_input(path)
+    fmt = format_for_path(path)
+    _, md = api.load_encrypted(data, fmt)
+    groups = [list(g) for g in md.key_groups]
+    threshold = ctx.get("shamir_secret_sharing_threshold")
+    if sub == "add":
+        new = sum((_keys_from_flags(",".join(ctx.get(k) or []), k) for k in ("kms", "pgp", "age")), [])
+        if not new:
+            raise SopsError("groups add: give at least one --pgp, --kms or --age key")
+        groups.append(new)
+    else:
+        idx = ctx.get("index")
+        if idx < 0 or idx >= len(groups):
+            raise SopsError(f"groups delete: no key group {idx} (the file has {len(groups)})")
+        del groups[idx]
+        limit = threshold or md.shamir_threshold
+        if len(groups) < max(limit, 1):
+            raise SopsError(f"removing this key group would make the Shamir threshold ({limit}) "
+                            f"larger than the number of groups ({len(groups)})")
+    out = api.rekey_document(data, fmt, groups, shamir_threshold=threshold,
+                             services=ctx.services(), decryption_order=ctx.decryption_order())
+    if ctx.get("in_place"):
+        write_atomic(path, out)
+    else:
+        sys.stdout.buffer.write(out)
+    return 0
+
+
+def updatekeys_parser(cls):
+    p = _parser(cls, "updatekeys", "Re-wrap the data key of each FILE for the key groups of its "
+                ".sops.yaml creation rule (values and MAC unchanged).")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary")
+    p.add_argument("--shamir-secret-sharing-threshold", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--keyservice", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--enable-local-keyservice", action="store_true", default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--decryption-order", help="key types to try first")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("files", nargs="+")
+    return p
+
+
+def _describe(groups) -> list[str]:
+    return [f"group {i}: " + ", ".join(f"{e.type} {e.ident()}" for e in g) for i, g in enumerate(groups)]
+
+
+def do_updatekeys(ctx) -> int:
+    from sops_enclave import api
+    from sops_enclave.fileio import read_input, write_atomic
+    from sops_enclave.formats import resolve_format
+
+    failed = 0
+    for f in ctx.get("files"):
+        path = ctx.abs(f)
+        try:
+            data = read_input(path)
+            fmt = resolve_format(ctx.get("input_type"), path)
+            _, md = api.load_encrypted(data, fmt)
+            cfg, _ = ctx.config(path)
+            if cfg is None:
+                raise SopsError("config file not found")
+            rule = cfg.creation_rule_for(path)
+            from sops_enclave.cli import _entry_from_spec
+
+            groups = [[_entry_from_spec(s) for s in g] for g in rule.key_groups]
+            old = {(tuple((e.type, e.ident()) for e in g)) for g in md.key_groups}
+            new = {(tuple((e.type, e.ident()) for e in g)) for g in groups}
+            threshold = rule.shamir_threshold or None
+            if old == new and (threshold is None or threshold == md.shamir_threshold):
+                print(f"File {f} already up to date", file=sys.stderr)
+                continue
+            print(f"The following changes will be made to the file's groups:\n  was: " +
+                  "\n       ".join(_describe(md.key_groups)) + "\n  now: " +
+                  "\n       ".join(_describe(groups)), file=sys.stderr)
+            if not ctx.get("yes"):
+                sys.stderr.write("Is this okay? (y/n):")
+                sys.stderr.flush()
+                if sys.stdin.readline().strip().lower() != "y":
+                    print("Changes not applied", file=sys.stderr)
+                    continue
+            out = api.rekey_document(data, fmt, groups, shamir_threshold=threshold,
+                                     services=ctx.services(),
+                                     decryption_order=ctx.decryption_order())
+            write_atomic(path, out)
+            print(f"File {f} synced with new keys", file=sys.stderr)
+        except SopsError as e:
+            failed += 1
+            print(f"{f}: {e.message}", file=sys.stderr)
+    if failed:
+        raise SopsError(f"updatekeys failed for {failed} file(s)")
+    return 0
+
+
+PARSERS.update({"groups": groups_parser, "updatekeys": updatekeys_parser})
+HANDLERS.update({"groups": do_groups, "updatekeys": do_updatekeys})

@@ -15,7 +15,7 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from sops_enclave import __version__
-from sops_enclave.errors import (ConflictingParameters, DuplicateDecryptionKeyType, SopsError)
+from sops_enclave.errors import ConflictingParameters, SopsError
 
 __all__ = ["main"]
 
@@ -187,16 +187,10 @@ class _Ctx:
         return svcs
 
     def decryption_order(self) -> list[str]:
-        raw = self.get("decryption_order") or self.env.get("SOPS_DECRYPTION_ORDER") or "age,pgp"
-        seen: list[str] = []
-        for t in raw.split(","):
-            t = t.strip()
-            if not t:
-                continue
-            if t in seen:
-                raise DuplicateDecryptionKeyType(f"Duplicate decryption key type: {t}")
-            seen.append(t)
-        return seen
+        from sops_enclave import config as cfgmod
+
+        return cfgmod.decryption_order(self.get("decryption_order")
+                                       or self.env.get("SOPS_DECRYPTION_ORDER") or None)
 
     def config(self, path_for_rules: str):
         """The loaded .sops.yaml (or None) — search from the cwd, or --config/SOPS_CONFIG."""
@@ -297,12 +291,8 @@ def _do_decrypt(ctx: _Ctx, file: str | None) -> int:
 
 
 def _safe_config(ctx: _Ctx, name: str):
-    try:
-        return ctx.config(name)
-    except SopsError:
-        if ctx.get("mode") == "decrypt":
-            return None, None  # decrypt never fails because of the creation rules
-        raise
+    """The config for its ``stores`` settings; a broken file fails decrypt too, as in sops."""
+    return ctx.config(name)
 
 
 def _split_csv(s: str | None) -> list[str]:
@@ -325,9 +315,11 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
                             "sops-enclave (age, PGP and AWS KMS are)")
     cfg, _ = ctx.config(name)
     rule = None
+    context = cfgmod.parse_encryption_context(ctx.get("encryption_context")) \
+        if ctx.get("encryption_context") else {}
     if cfg is not None:
         try:
-            rule = cfg.creation_rule_for(name)
+            rule = cfg.creation_rule_for(name, kms_context=context or None)
         except SopsError:
             if not (kms or pgp or age):
                 raise
@@ -337,8 +329,6 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
                                     "unencrypted_suffix, encrypted_regex, unencrypted_regex, "
                                     "encrypted_comment_regex, or unencrypted_comment_regex")
     if kms or pgp or age:
-        context = cfgmod.parse_encryption_context(ctx.get("encryption_context") or "") \
-            if ctx.get("encryption_context") else {}
         group: list = []
         for spec in (cfgmod.parse_kms_arg(kms, context, ctx.get("aws_profile") or "") if kms else []):
             group.append(KMSEntry(spec.arn, spec.role, tuple(spec.context), spec.aws_profile))

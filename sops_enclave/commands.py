@@ -107,8 +107,9 @@ def exec_env_parser(cls):
     p.add_argument("--user", help="run as this user (root only)")
     p.add_argument("--same-process", action="store_true", help="replace this process (execve)")
     p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("file")
-    p.add_argument("command")
+    p.add_argument("inputs", nargs="+", metavar="FILE [FILE ...] COMMAND",
+                   help="one or more SOPS files (merged in order, later values win), then the "
+                   "command")
     return p
 
 
@@ -121,8 +122,9 @@ def exec_file_parser(cls):
     p.add_argument("--filename", help="name of the file inside the private temporary directory")
     p.add_argument("--user", help="run as this user (root only)")
     p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("file")
-    p.add_argument("command")
+    p.add_argument("inputs", nargs="+", metavar="FILE [FILE ...] COMMAND",
+                   help="one or more SOPS files (merged in order, later values win), then the "
+                   "command")
     return p
 
 
@@ -379,21 +381,36 @@ def _user_preexec(user: str | None):
     return switch, {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
 
 
-def _decrypt_for_exec(ctx, fmt_flag: str = "input_type"):
+def _decrypt_for_exec(ctx):
+    """Decrypt the exec inputs (MAC always checked); several files are deep-merged in order."""
     from sops_enclave import api
+    from sops_enclave.fileio import read_input
+    from sops_enclave.merge import deep_merge
 
-    data, path = _input(ctx)
-    d = api.decrypt_document(data, _fmt(ctx, path, fmt_flag), services=ctx.services(),
-                             decryption_order=ctx.decryption_order())
-    return d, path
+    inputs = list(ctx.get("inputs"))
+    if len(inputs) < 2:
+        raise SopsError("error: missing file to decrypt")
+    ctx.args.command = inputs.pop()
+    docs = []
+    for f in inputs:
+        path = ctx.abs(f)
+        d = api.decrypt_document(read_input(path), _fmt(ctx, path, "input_type"),
+                                 services=ctx.services(),
+                                 decryption_order=ctx.decryption_order())
+        docs.append(d.branches)
+    first_path = ctx.abs(inputs[0])
+    if len(docs) == 1:
+        return docs[0], first_path
+    merged, _ = deep_merge([b[0] for b in docs])
+    return [merged], first_path
 
 
 def do_exec_env(ctx) -> int:
     from sops_enclave.goformat import val_to_string
 
-    d, _ = _decrypt_for_exec(ctx)
+    branches, _ = _decrypt_for_exec(ctx)
     secrets: dict[str, str] = {}
-    for k, v in d.branches[0]:
+    for k, v in branches[0]:
         if isinstance(k, Comment):
             continue
         if isinstance(v, (Branch, list)):
@@ -419,9 +436,9 @@ def do_exec_env(ctx) -> int:
 def do_exec_file(ctx) -> int:
     from sops_enclave import api
 
-    d, path = _decrypt_for_exec(ctx)
+    branches, path = _decrypt_for_exec(ctx)
     out_fmt = _fmt(ctx, path, "output_type")
-    plain = api.emit_plain(d.branches, out_fmt, ctx.store_config(None))
+    plain = api.emit_plain(branches, out_fmt, ctx.store_config(None))
     preexec, user_env = _user_preexec(ctx.get("user"))
     tmpdir = tempfile.mkdtemp(prefix=".sops")
     name = ctx.get("filename")

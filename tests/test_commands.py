@@ -232,3 +232,39 @@ def test_exec_bad_mac_exit_51(flat, enclave_bin, base_env):
                             data))
     p = run(enclave_bin + ["exec-env", str(flat), "true"], base_env)
     assert p.returncode == 51
+
+
+def test_exec_env_merges_several_inputs(tmp_path, flat, sops_bin, enclave_bin, base_env, age_key):
+    extra = tmp_path / "extra.json"
+    extra.write_bytes(b'{"B": "override", "F": "new"}')
+    p = run([sops_bin, "encrypt", "--age", age_key[1], str(extra)], base_env)
+    enc = tmp_path / "extra.enc.json"
+    enc.write_bytes(p.stdout)
+    r = run(enclave_bin + ["exec-env", str(flat), str(enc), 'printf "%s %s %s" "$A" "$B" "$F"'],
+            base_env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"plain override new"
+
+
+def test_exec_env_input_type(tmp_path, sops_bin, enclave_bin, base_env, age_key):
+    src = tmp_path / "vars.env"
+    src.write_bytes(b"TOKEN=t0k\n")
+    p = run([sops_bin, "encrypt", "--age", age_key[1], str(src)], base_env)
+    odd = tmp_path / "vars.secret"  # no .env extension: sops would read it as binary
+    odd.write_bytes(p.stdout)
+    r = run(enclave_bin + ["exec-env", "--input-type", "dotenv", str(odd), 'printf "$TOKEN"'],
+            base_env)
+    assert r.returncode == 0 and r.stdout == b"t0k"
+
+
+def test_merge_records_conflicts():
+    from sops_enclave.merge import deep_merge
+    from sops_enclave.tree import Branch
+
+    a = Branch([("db", Branch([("host", "a"), ("port", 1)])), ("l", [1, 2])])
+    b = Branch([("db", Branch([("port", 2), ("user", "u")])), ("l", [3])])
+    merged, conflicts = deep_merge([a, b])
+    assert merged == Branch([("db", Branch([("host", "a"), ("port", 2), ("user", "u")])),
+                             ("l", [3])])
+    assert [(c.path, c.previous, c.winner) for c in conflicts] == [(("db", "port"), 0, 1),
+                                                                   (("l",), 0, 1)]

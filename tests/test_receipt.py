@@ -1,0 +1,507 @@
+"""Receipts: build then verify, each link of the chain broken in turn, policy files, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from sops_enclave.devtools.nsm_soft import SoftNSM, measure_bundle
+from sops_enclave.errors import ConfigError, CouldNotReadInputFile
+from sops_enclave.receipt import (
+    InputRecord, KMSKeyUse, KMSRecipient, MergeConflict, OutputRecipients, PCRPolicy,
+    ReceiptError, ReceiptFacts, ReceiptPolicy, build_receipt, verify_receipt)
+from sops_enclave.receipt.cli import register
+from sops_enclave.receipt.dsse import PAYLOAD_TYPE_INTOTO, Envelope, pae
+from sops_enclave.receipt.statement import BUILDER_ID_DEV, parse_statement
+
+UTC = timezone.utc
+NITRO = Path(__file__).parent.parent.parent / "shared" / "vectors" / "nitro"
+SECRET_VALUE = "hunter2-plaintext-value"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    root = tmp_path_factory.mktemp("repo")
+    _git(root, "init", "-q")
+    (root / "secrets").mkdir()
+    (root / "secrets" / "common.enc.yaml").write_bytes(b"db: ENC[AES256_GCM,data:xx,iv:yy]\n")
+    (root / "secrets" / "prod.enc.yaml").write_bytes(b"api: ENC[AES256_GCM,data:zz,iv:ww]\n")
+    (root / ".sops-enclave.yaml").write_bytes(b"version: 1\n")
+    _git(root, "add", ".")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init")
+    return root
+
+
+def _record(repo: Path, path: str, source: str = "kms-attested") -> InputRecord:
+    return InputRecord(path, _git(repo, "rev-parse", f"HEAD:{path}"),
+                       hashlib.sha256((repo / path).read_bytes()).hexdigest(), source)
+
+
+@pytest.fixture(scope="module")
+def facts(repo) -> ReceiptFacts:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return ReceiptFacts(
+        output_name="deploy/api/prod.enc.json", repository="git+https://example.invalid/org/repo",
+        commit=_git(repo, "rev-parse", "HEAD"), manifest_path=".sops-enclave.yaml",
+        manifest_blob=_git(repo, "rev-parse", "HEAD:.sops-enclave.yaml"), target="api/prod",
+        inputs=[_record(repo, "secrets/common.enc.yaml"), _record(repo, "secrets/prod.enc.yaml")],
+        kms_keys=[KMSKeyUse("arn:aws:kms:eu-west-1:111122223333:key/k1", "req-1",
+                            ("secrets/common.enc.yaml", "secrets/prod.enc.yaml"),
+                            {"env": "prod"})],
+        recipients=OutputRecipients(kms=(KMSRecipient("arn:aws:kms:eu-west-1:111122223333:key/out",
+                                                      {"service": "api"}),),
+                                    age=("age1examplerecipient",)),
+        conflicts=[MergeConflict("db", ("secrets/common.enc.yaml", "secrets/prod.enc.yaml"),
+                                 "secrets/prod.enc.yaml")],
+        started_on=now, finished_on=now + timedelta(seconds=3), invocation_id="ci-run-42")
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dev-ca") / "ca"
+
+
+@pytest.fixture(scope="module")
+def nsm(ca_dir) -> SoftNSM:
+    return SoftNSM(ca_dir, pcrs=measure_bundle({"enclave/app.py": b"serve()\n"}))
+
+
+@pytest.fixture(scope="module")
+def policy(nsm) -> ReceiptPolicy:
+    pcrs = PCRPolicy([{i: nsm.describe_pcr(i).data for i in (0, 1, 2)}])
+    return ReceiptPolicy(pcrs=pcrs, dev_root_fingerprint=nsm.root_fingerprint)
+
+
+OUTPUT = b'{"db":"ENC[AES256_GCM,data:out,iv:1]","sops":{"version":"3.11.0"}}\n'
+
+
+@pytest.fixture(scope="module")
+def key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def receipt(facts, nsm, key) -> bytes:
+    return build_receipt(facts, OUTPUT, signing_key=key, nsm=nsm)
+
+
+def _verify(receipt, policy, *, output=OUTPUT, allow_dev=True, **kw):
+    return verify_receipt(receipt, output, policy, allow_dev=allow_dev, **kw)
+
+
+def _refused(step: int, receipt, policy, **kw) -> ReceiptError:
+    with pytest.raises(ReceiptError) as e:
+        _verify(receipt, policy, **kw)
+    assert e.value.step == step, str(e.value)
+    assert set(e.value.completed) == set(range(1, step))
+    return e.value
+
+
+def _edit(receipt: bytes, fn) -> bytes:
+    obj = json.loads(receipt)
+    fn(obj)
+    return json.dumps(obj).encode()
+
+
+# --------------------------------------------------------------------------- the happy path
+
+def test_build_then_verify(receipt, policy, repo, facts, nsm):
+    r = _verify(receipt, policy, repo=repo)
+    assert r.dev and r.root_fingerprint == nsm.root_fingerprint
+    assert [r.details[n][0] for n in range(1, 9)] == ["ok"] * 8
+    st = r.statement
+    assert st.commit == facts.commit and st.subject_name == facts.output_name
+    assert st.subject_sha256 == hashlib.sha256(OUTPUT).hexdigest()
+    assert [i.path for i in st.inputs] == ["secrets/common.enc.yaml", "secrets/prod.enc.yaml"]
+    assert st.builder_id == BUILDER_ID_DEV
+    assert r.attestation.user_data == hashlib.sha256(
+        Envelope.from_json_obj(json.loads(receipt)["envelope"]).pae).digest()
+    # Without a repository, step 7 is skipped, not failed.
+    assert _verify(receipt, policy).details[7][0] == "skipped"
+
+
+def test_receipt_layout_and_statement_shape(receipt, facts):
+    obj = json.loads(receipt)
+    assert set(obj) == {"envelope", "attestation"}
+    env = obj["envelope"]
+    assert env["payloadType"] == PAYLOAD_TYPE_INTOTO and len(env["signatures"]) == 1
+    st = json.loads(base64.b64decode(env["payload"]))
+    assert st["_type"] == "https://in-toto.io/Statement/v1"
+    assert st["predicateType"] == "https://slsa.dev/provenance/v1"
+    bd = st["predicate"]["buildDefinition"]
+    assert bd["externalParameters"] == {"source": facts.repository,
+                                        "manifest": ".sops-enclave.yaml", "target": "api/prod"}
+    assert bd["internalParameters"]["kms"][0] == {
+        "arn": "arn:aws:kms:eu-west-1:111122223333:key/k1", "encryptionContext": {"env": "prod"},
+        "requestId": "req-1", "dataKeyFor": ["secrets/common.enc.yaml", "secrets/prod.enc.yaml"]}
+    assert bd["internalParameters"]["conflicts"] == [
+        {"key": "db", "inputs": ["secrets/common.enc.yaml", "secrets/prod.enc.yaml"],
+         "winner": "secrets/prod.enc.yaml"}]
+    roles = [d["annotations"]["role"] for d in bd["resolvedDependencies"]]
+    assert roles == ["source", "manifest", "input", "input"]
+    assert st["predicate"]["runDetails"]["metadata"] == {
+        "invocationId": "ci-run-42", "startedOn": "2025-01-02T03:04:05Z",
+        "finishedOn": "2025-01-02T03:04:08Z"}
+
+
+def test_no_plaintext_in_receipt(facts, nsm, key):
+    # The output is ciphertext; the receipt holds only its digest and metadata, so even a
+    # value that appears in the output file never reaches the receipt.
+    output = OUTPUT.replace(b"out", SECRET_VALUE.encode())
+    data = build_receipt(facts, output, signing_key=key, nsm=nsm)
+    payload = base64.b64decode(json.loads(data)["envelope"]["payload"])
+    assert SECRET_VALUE.encode() not in data and SECRET_VALUE.encode() not in payload
+    assert output not in payload
+
+
+def test_dsse_pae_known_answer():
+    assert pae("http://example.com/HelloWorld", b"hello world") == \
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+
+
+def test_url_safe_unpadded_base64_accepted(receipt, policy):
+    def urlsafe(o):
+        raw = base64.b64decode(o["envelope"]["payload"])
+        o["envelope"]["payload"] = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    _verify(_edit(receipt, urlsafe), policy)
+
+
+def test_rollout_policy_second_set_matches(receipt, policy, nsm):
+    old = {0: b"\x01" * 48, 1: nsm.describe_pcr(1).data, 2: b"\x02" * 48}
+    two = replace(policy, pcrs=PCRPolicy([old, policy.pcrs.allowed[0]]))
+    assert "set 2 of 2" in _verify(receipt, two).details[3][1]
+
+
+# --------------------------------------------------------------------------- broken links
+
+def test_output_changed(receipt, policy):
+    _refused(6, receipt, policy, output=OUTPUT + b" ")
+
+
+def test_envelope_payload_changed(receipt, policy):
+    def retarget(o):
+        st = json.loads(base64.b64decode(o["envelope"]["payload"]))
+        st["predicate"]["buildDefinition"]["externalParameters"]["target"] = "api/staging"
+        o["envelope"]["payload"] = base64.b64encode(json.dumps(st).encode()).decode()
+    assert "user_data" in _refused(4, _edit(receipt, retarget), policy).reason
+
+
+def test_signature_swapped(receipt, policy):
+    other = ec.generate_private_key(ec.SECP256R1())
+
+    def swap(o):
+        env = Envelope.from_json_obj(o["envelope"])
+        sig = other.sign(env.pae, ec.ECDSA(hashes.SHA256()))
+        o["envelope"]["signatures"][0]["sig"] = base64.b64encode(sig).decode()
+    _refused(5, _edit(receipt, swap), policy)
+
+
+def test_second_signature_refused(receipt, policy):
+    def add(o):
+        o["envelope"]["signatures"].append(dict(o["envelope"]["signatures"][0]))
+    _refused(5, _edit(receipt, add), policy)
+
+
+def test_user_data_mismatch(receipt, policy, nsm, key):
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+    def reattest(o):
+        doc = nsm.attest(public_key=spki, user_data=hashlib.sha256(b"something else").digest())
+        o["attestation"] = base64.b64encode(doc).decode()
+    assert "user_data" in _refused(4, _edit(receipt, reattest), policy).reason
+
+
+def test_attested_key_is_not_the_signing_key(receipt, policy, nsm):
+    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+    def reattest(o):
+        env = Envelope.from_json_obj(o["envelope"])
+        doc = nsm.attest(public_key=other, user_data=hashlib.sha256(env.pae).digest())
+        o["attestation"] = base64.b64encode(doc).decode()
+    _refused(5, _edit(receipt, reattest), policy)
+
+
+def test_attestation_without_public_key(receipt, policy, nsm):
+    def reattest(o):
+        env = Envelope.from_json_obj(o["envelope"])
+        o["attestation"] = base64.b64encode(
+            nsm.attest(user_data=hashlib.sha256(env.pae).digest())).decode()
+    _refused(4, _edit(receipt, reattest), policy)
+
+
+def test_attestation_tampered(receipt, policy):
+    def flip(o):
+        raw = bytearray(base64.b64decode(o["attestation"]))
+        raw[-3] ^= 1
+        o["attestation"] = base64.b64encode(bytes(raw)).decode()
+    err = _refused(2, _edit(receipt, flip), policy)
+    assert err.attestation_error is not None and err.attestation_error.step == 6
+
+
+def test_pcr_policy_mismatch(receipt, policy):
+    wrong = replace(policy, pcrs=PCRPolicy([{0: b"\x05" * 48}]))
+    assert "PCR0" in _refused(3, receipt, wrong).reason
+
+
+def test_no_pcr_policy_refused(receipt, policy):
+    _refused(3, receipt, replace(policy, pcrs=None))
+
+
+def test_debug_enclave_refused(facts, key, ca_dir, policy):
+    debug = SoftNSM(ca_dir, pcrs={1: b"\x01" * 48})              # PCR0 all zeros
+    data = build_receipt(facts, OUTPUT, signing_key=key, nsm=debug)
+    zeros = replace(policy, pcrs=PCRPolicy([{0: bytes(48)}]))
+    err = _refused(3, data, zeros)
+    assert err.attestation_error.step == 7
+
+
+def test_dev_receipt_without_allow_dev(receipt, policy):
+    err = _refused(2, receipt, policy, allow_dev=False)
+    assert "allow_dev" in err.reason and err.dev
+    # Pinning the dev root as *the* root does not make it a production receipt either.
+    as_root = replace(policy, root_fingerprint=policy.dev_root_fingerprint)
+    _refused(2, receipt, as_root, allow_dev=False)
+    _verify(receipt, as_root, allow_dev=True)
+
+
+def test_dev_receipt_from_another_dev_ca(receipt, policy, tmp_path):
+    stranger = SoftNSM(tmp_path / "other-ca", pcrs={})
+    err = _refused(2, receipt, replace(policy, dev_root_fingerprint=stranger.root_fingerprint))
+    assert err.attestation_error.step == 4
+
+
+def test_payload_type_mismatch(receipt, policy):
+    def retype(o):
+        o["envelope"]["payloadType"] = "application/json"
+    assert "payloadType" in _refused(1, _edit(receipt, retype), policy).reason
+
+
+@pytest.mark.parametrize("breakage", ["duplicate_key", "unknown_field", "not_json",
+                                      "bad_base64", "statement_type", "no_envelope"])
+def test_malformed_receipts_refused_at_parse(receipt, policy, breakage):
+    if breakage == "duplicate_key":
+        text = receipt.decode()
+        bad = text.replace('"attestation":', '"attestation": "AAAA", "attestation":', 1).encode()
+    elif breakage == "unknown_field":
+        bad = _edit(receipt, lambda o: o.update(extra=1))
+    elif breakage == "not_json":
+        bad = receipt[:-10]
+    elif breakage == "bad_base64":
+        bad = _edit(receipt, lambda o: o.update(attestation="%%%"))
+    elif breakage == "no_envelope":
+        bad = _edit(receipt, lambda o: o.pop("envelope"))
+    else:
+        def retype(o):
+            st = json.loads(base64.b64decode(o["envelope"]["payload"]))
+            st["_type"] = "https://in-toto.io/Statement/v0.1"
+            o["envelope"]["payload"] = base64.b64encode(json.dumps(st).encode()).decode()
+        bad = _edit(receipt, retype)
+    _refused(1, bad, policy)
+
+
+def test_repo_check_with_wrong_blob(facts, nsm, key, policy, repo):
+    inputs = list(facts.inputs)
+    inputs[1] = replace(inputs[1], git_blob=inputs[0].git_blob)      # a blob that exists elsewhere
+    data = build_receipt(replace(facts, inputs=inputs), OUTPUT, signing_key=key, nsm=nsm)
+    _verify(data, policy)                                             # fine without --repo
+    assert "secrets/prod.enc.yaml" in _refused(7, data, policy, repo=repo).reason
+
+
+@pytest.mark.parametrize("change", ["commit", "path", "sha256", "manifest"])
+def test_repo_check_other_mismatches(facts, nsm, key, policy, repo, change):
+    if change == "commit":
+        f = replace(facts, commit="0" * 40)
+    elif change == "path":
+        f = replace(facts, inputs=[replace(facts.inputs[0], path="secrets/missing.enc.yaml")])
+    elif change == "sha256":
+        f = replace(facts, inputs=[replace(facts.inputs[0], sha256="ab" * 32)])
+    else:
+        f = replace(facts, manifest_blob=facts.inputs[0].git_blob)
+    data = build_receipt(f, OUTPUT, signing_key=key, nsm=nsm)
+    reason = _refused(7, data, policy, repo=repo).reason
+    expected = {"commit": "is not in", "path": "does not exist", "sha256": "blob sha256",
+                "manifest": ".sops-enclave.yaml"}[change]
+    assert expected in reason, reason
+
+
+def test_host_held_keys_follow_the_policy(facts, nsm, key, policy):
+    inputs = [facts.inputs[0], replace(facts.inputs[1], key_source="host-age")]
+    data = build_receipt(replace(facts, inputs=inputs), OUTPUT, signing_key=key, nsm=nsm)
+    assert "host-held" in _verify(data, policy).details[8][1]        # dev: allowed by default
+    err = _refused(8, data, replace(policy, allow_host_keys=False))
+    assert "secrets/prod.enc.yaml" in err.reason
+    _verify(data, replace(policy, allow_host_keys=True))
+
+
+def test_kms_attestation_checked(facts, nsm, key, policy, ca_dir):
+    kms_doc = nsm.attest(public_key=b"rsa-spki-placeholder")
+    data = build_receipt(facts, OUTPUT, signing_key=key, nsm=nsm, kms_attestation=kms_doc)
+    r = _verify(data, policy)
+    assert r.kms_attestation is not None and "KMS attestation" in r.details[2][1]
+    other_image = SoftNSM(ca_dir, pcrs=measure_bundle({"enclave/app.py": b"evil()\n"}))
+    data = build_receipt(facts, OUTPUT, signing_key=key, nsm=nsm,
+                         kms_attestation=other_image.attest(public_key=b"x"))
+    _refused(3, data, policy)
+    # Even when the policy allows both images, KMS keys released to another image do not
+    # vouch for this run.
+    other_pcrs = {i: other_image.describe_pcr(i).data for i in (0, 1, 2)}
+    both = replace(policy, pcrs=PCRPolicy([policy.pcrs.allowed[0], other_pcrs]))
+    assert "different image" in _refused(3, data, both).reason
+    tampered = bytearray(kms_doc)
+    tampered[-1] ^= 1
+    data = build_receipt(facts, OUTPUT, signing_key=key, nsm=nsm, kms_attestation=bytes(tampered))
+    _refused(2, data, policy)
+
+
+def test_genuine_aws_attestation_is_not_a_dev_receipt(receipt):
+    path = NITRO / "evervault_2022-10-13_prod_pcr8.cose"
+    if not path.is_file():
+        pytest.skip(f"Nitro vectors not found at {NITRO}")
+    raw = path.read_bytes()
+    data = _edit(receipt, lambda o: o.update(attestation=base64.b64encode(raw).decode()))
+    pcr0 = ("f4d48b81a460c9916d1e685119074bf24660afd3e34fae9f"
+            "ca0a0d28d9d5599936332687e6f66fc890ac8cf150142d8b")
+    aws = ReceiptPolicy(pcrs=PCRPolicy.from_hex([{0: pcr0}]))
+    err = _refused(4, data, aws, allow_dev=False)       # chain and PCRs fine, binds nothing
+    assert not err.dev and "public_key" in err.reason
+
+
+# --------------------------------------------------------------------------- statement & policy
+
+def test_statement_round_trip_and_strictness(receipt):
+    raw = base64.b64decode(json.loads(receipt)["envelope"]["payload"])
+    st = parse_statement(raw)
+    assert st.raw == raw and st.target == "api/prod"
+    obj = json.loads(raw)
+    obj["predicate"]["buildDefinition"]["externalParameters"]["surprise"] = 1
+    with pytest.raises(ValueError, match="externalParameters"):
+        parse_statement(json.dumps(obj).encode())
+    with pytest.raises(ValueError):
+        InputRecord("../etc/passwd", "a" * 40, "b" * 64)
+    with pytest.raises(ValueError):
+        InputRecord("a.yaml", "a" * 40, "b" * 64, key_source="magic")
+
+
+def test_policy_file_parsing(nsm):
+    p0 = nsm.describe_pcr(0).data.hex()
+    text = f"""
+version: 1
+pcrs:
+  - {{0: "{p0}", PCR1: "{'11' * 48}"}}
+  - {{0: "{'22' * 48}"}}
+root_fingerprint: "{'AB:' * 31}AB"
+dev_root_fingerprint: "{nsm.root_fingerprint}"
+allow_host_keys: false
+"""
+    p = ReceiptPolicy.from_yaml(text)
+    assert len(p.pcrs.allowed) == 2 and p.pcrs.allowed[0][1] == b"\x11" * 48
+    assert p.root_fingerprint == "ab" * 32 and p.allow_host_keys is False
+    assert ReceiptPolicy.from_yaml("{}").root_fingerprint.startswith("641a0321")
+    with pytest.raises(ValueError, match="duplicate"):
+        ReceiptPolicy.from_yaml("pcrs: [{0: '%s', 0: '%s'}]" % ("00" * 48, "11" * 48))
+    for bad in ("pcrs: [{0: 000000}]", "pcrs: []", "nope: 1", "version: 2",
+                "pcrs: [{0: 'ab'}]", "allow_host_keys: maybe", "root_fingerprint: 'xyz'",
+                "pcrs: [{0: '%s'}]\npcrs: [{1: '%s'}]" % ("00" * 48, "00" * 48),
+                "- a list", "pcrs: [{}]"):
+        with pytest.raises(ValueError):
+            ReceiptPolicy.from_yaml(bad)
+
+
+# --------------------------------------------------------------------------- CLI
+
+@pytest.fixture
+def files(tmp_path, receipt, ca_dir, monkeypatch):
+    monkeypatch.setenv("SOPS_ENCLAVE_DEV_CA_DIR", str(ca_dir))
+    out = tmp_path / "prod.enc.json"
+    out.write_bytes(OUTPUT)
+    (tmp_path / "prod.enc.json.receipt.json").write_bytes(receipt)
+    return out
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    args = p.parse_args(argv)
+    out = io.StringIO()
+    rc = args.func(args, out=out)
+    return rc, out.getvalue()
+
+
+def _pcr_args(nsm) -> list[str]:
+    return [a for i in (0, 1, 2) for a in ("--pcr", f"{i}={nsm.describe_pcr(i).data.hex()}")]
+
+
+def test_cli_verify_dev_ok(files, nsm, repo):
+    rc, out = _run(["verify", str(files), *_pcr_args(nsm), "--allow-dev", "--repo", str(repo)])
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 9
+    for n, name in enumerate(["parse", "attestation", "pcrs", "binding", "signature",
+                              "subject", "repo", "key sources"], 1):
+        assert lines[n - 1].startswith(f"[{n}] {name} ..") and " ok (dev)" in lines[n - 1]
+    assert all("(dev)" in line for line in lines)
+    assert lines[-1].startswith("receipt verified (dev): deploy/api/prod.enc.json")
+
+
+def test_cli_verify_failures(files, nsm):
+    rc, out = _run(["verify", str(files), *_pcr_args(nsm)])           # no --allow-dev
+    lines = out.splitlines()
+    assert rc == 1 and "FAILED (dev)" in lines[1] and "not run" in lines[2]
+    assert lines[-1].startswith("receipt NOT verified (dev): check [2] attestation")
+    files.write_bytes(OUTPUT + b"changed")
+    rc, out = _run(["verify", str(files), *_pcr_args(nsm), "--allow-dev"])
+    lines = out.splitlines()
+    assert rc == 1 and "FAILED" in lines[5] and "not run" in lines[6] and " ok" in lines[4]
+    rc, out = _run(["verify", str(files), "--allow-dev"])             # no PCR policy
+    assert rc == 1 and "FAILED" in out.splitlines()[2]
+
+
+def test_cli_verify_json_and_policy_file(files, nsm, tmp_path):
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("pcrs:\n  - {" + ", ".join(
+        f'{i}: "{nsm.describe_pcr(i).data.hex()}"' for i in (0, 1, 2)) + "}\n")
+    rc, out = _run(["verify", str(files), "--policy", str(pol), "--allow-dev", "--json"])
+    obj = json.loads(out)
+    assert rc == 0 and obj["ok"] and obj["dev"]
+    assert [c["status"] for c in obj["checks"]] == ["ok"] * 6 + ["skipped", "ok"]
+    assert obj["statement"]["target"] == "api/prod"
+    receipt2 = tmp_path / "elsewhere.json"
+    receipt2.write_bytes((files.parent / "prod.enc.json.receipt.json").read_bytes())
+    rc, _ = _run(["verify", str(files), "--receipt", str(receipt2), "--policy", str(pol),
+                  "--allow-dev"])
+    assert rc == 0
+
+
+def test_cli_verify_usage_errors(files, tmp_path, nsm):
+    with pytest.raises(CouldNotReadInputFile, match="nothing.json"):
+        _run(["verify", str(files), "--receipt", str(tmp_path / "nothing.json")])
+    with pytest.raises(CouldNotReadInputFile, match="missing.enc"):
+        _run(["verify", str(tmp_path / "missing.enc")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pcrs: [{0: 123}]\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        _run(["verify", str(files), "--policy", str(bad)])
+    with pytest.raises(SystemExit):
+        _run(["verify", str(files), "--policy", str(bad), *_pcr_args(nsm)])

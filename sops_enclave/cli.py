@@ -81,9 +81,11 @@ def _add_io_flags(p: argparse.ArgumentParser, decrypt: bool) -> None:
                    "file extension)")
     p.add_argument("--filename-override", help="use this name to pick the format and the "
                    ".sops.yaml rule (required for stdin with encrypt)")
-    p.add_argument("--keyservice", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--keyservice", action="append", default=[], help="also use this key "
+                   "service: tcp://host:port or unix:///path.sock [$SOPS_KEYSERVICE]")
     p.add_argument("--enable-local-keyservice", action="store_true", default=None,
-                   help=argparse.SUPPRESS)
+                   help="use keys held by this process (default true; "
+                   "--enable-local-keyservice=false to use only --keyservice)")
     if decrypt:
         p.add_argument("--extract", help='print only this part, e.g. \'["db"]["password"]\'')
         p.add_argument("--ignore-mac", action="store_true", help="skip the MAC check (dangerous)")
@@ -95,8 +97,8 @@ def _global_parser() -> _Parser:
     p = _Parser(prog="sops-enclave", add_help=True,
                 description="A drop-in for sops (decrypt, encrypt, ...) with enclave-backed "
                 "packing and verifiable receipts. Legacy form: sops-enclave [-d|-e] FILE.",
-                epilog="Commands: decrypt, encrypt, rotate, edit, set, unset, filestatus, exec-env, "
-                "exec-file, attestation, verify. "
+                epilog="Commands: decrypt, encrypt, rotate, edit, set, unset, filestatus, groups, "
+                "updatekeys, exec-env, exec-file, keyservice, attestation, verify. "
                 "Run 'sops-enclave COMMAND --help' for a command's flags.")
     p.add_argument("-d", "--decrypt", action="store_true", help="decrypt FILE to stdout")
     p.add_argument("-e", "--encrypt", action="store_true", help="encrypt FILE to stdout")
@@ -183,7 +185,9 @@ class _Ctx:
             uris = [u for u in self.env["SOPS_KEYSERVICE"].split(",") if u]
         svcs: list = [LocalKeyService(self.env)] if enable else []
         if uris:
-            raise SopsError("--keyservice is not supported yet by sops-enclave")
+            from sops_enclave.keyservice.client import RemoteKeyService
+
+            svcs += [RemoteKeyService(u) for u in uris]
         return svcs
 
     def decryption_order(self) -> list[str]:
@@ -394,7 +398,8 @@ def _do_encrypt(ctx: _Ctx, file: str | None, *, legacy: bool = False) -> int:
 def _extra_commands() -> dict[str, str]:
     """Commands that live in other modules: name -> "module:register" hook."""
     return {"attestation": "sops_enclave.receipt.cli:register",
-            "verify": "sops_enclave.receipt.cli:register"}
+            "verify": "sops_enclave.receipt.cli:register",
+            "keyservice": "sops_enclave.keyservice.cli:register"}
 
 
 def _run_extra(name: str, argv: list[str]) -> int:

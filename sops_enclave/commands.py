@@ -617,3 +617,62 @@ def do_updatekeys(ctx) -> int:
 
 PARSERS.update({"groups": groups_parser, "updatekeys": updatekeys_parser})
 HANDLERS.update({"groups": do_groups, "updatekeys": do_updatekeys})
+
+
+# ------------------------------------------------------------------ exec (the enclave pack)
+
+def exec_parser(cls):
+    p = _parser(cls, "exec", "Run the decrypt-merge-reencrypt pack of .sops-enclave.yaml inside "
+                "an enclave, for the named targets (all when none), at a git commit. Writes each "
+                "output and <output>.receipt.json (all of them or none).")
+    p.add_argument("targets", nargs="*", help="targets of the manifest (default: all)")
+    p.add_argument("--manifest", default=".sops-enclave.yaml", help="manifest path in the repo")
+    p.add_argument("--commit", default="HEAD", help="the commit to read inputs from (HEAD)")
+    p.add_argument("--repo", default=".", help="the git work tree (default: the current dir)")
+    p.add_argument("--enclave", default="dev", help="dev (local process, software NSM) or "
+                   "nitro[:CID[:PORT]] (default dev)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, decrypt nothing")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def do_exec(ctx) -> int:
+    from sops_enclave.pack import host
+
+    opts = host.ExecOptions(repo=ctx.abs(ctx.get("repo")), commit=ctx.get("commit"),
+                            manifest_path=ctx.get("manifest"), targets=ctx.get("targets") or (),
+                            enclave=ctx.get("enclave"))
+    if ctx.get("dry_run"):
+        commit, manifest, plans = host.plan_at_commit(opts)
+        print(f"commit {commit}")
+        print(manifest.describe(plans))
+        return 0
+    if opts.enclave == "dev":
+        print("[sops-enclave] dev enclave (software NSM): receipts verify only with --allow-dev",
+              file=sys.stderr)
+    outputs = host.run_exec(opts, ctx.env)
+    for out in outputs:
+        print(f"{out['target']}: wrote {out['path']} and {out['path']}.receipt.json")
+    return 0
+
+
+def dev_parser(cls):
+    p = _parser(cls, "dev", "Dev stand-ins: 'dev up' starts moto's KMS and the KMS-with-"
+                "attestation layer on 127.0.0.1 and prints the environment to use.")
+    sub = p.add_subparsers(dest="dev_cmd", parser_class=cls)
+    up = sub.add_parser("up", help="start the dev KMS (Ctrl+C stops it)")
+    up.add_argument("--port", type=int, default=0, help="port of the attested KMS (default: free)")
+    up.add_argument("--verbose", action="store_true")
+    return p
+
+
+def do_dev(ctx) -> int:
+    if ctx.get("dev_cmd") != "up":
+        raise SopsError("usage: sops-enclave dev up")
+    from sops_enclave.devtools import devstack
+
+    return devstack.up(port=ctx.get("port") or 0)
+
+
+PARSERS.update({"exec": exec_parser, "dev": dev_parser})
+HANDLERS.update({"exec": do_exec, "dev": do_dev})

@@ -114,9 +114,18 @@ def collect_bundle(root: str | Path, *, prefix: str = "",
 
 
 def default_bundle() -> dict[str, bytes]:
-    """The installed ``sops_enclave`` package sources, as ``sops_enclave/...`` paths."""
+    """The installed ``sops_enclave`` package sources, as ``sops_enclave/...`` paths, plus the
+    enclave program (``sops_enclave.enclave``, from the top-level ``enclave/`` directory)."""
     pkg = Path(__file__).resolve().parent.parent
-    return collect_bundle(pkg, prefix="sops_enclave/")
+    files = collect_bundle(pkg, prefix="sops_enclave/")
+    try:
+        import sops_enclave.enclave as prog
+    except ImportError:
+        return files
+    prog_dir = Path(prog.__file__).resolve().parent
+    if prog_dir != pkg / "enclave":
+        files.update(collect_bundle(prog_dir, prefix="sops_enclave/enclave/"))
+    return files
 
 
 def _optional(name: str, value: bytes | None) -> bytes | None:

@@ -1,0 +1,126 @@
+"""The enclave's serve loop: one pack request per connection, over length-prefixed CBOR frames.
+
+On Nitro it listens on vsock (``--vsock PORT``) and uses the NSM device; as the dev enclave it
+listens on a unix socket (``--unix PATH``) and uses the software NSM (``--dev``). Requests carry
+short-lived AWS credentials and (dev only) the KMS endpoint; the enclave never reads the host's
+environment for keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+
+from sops_enclave.rpc import error_frame, recv_frame, send_frame
+
+__all__ = ["serve", "main"]
+
+
+def _kms_factory(request: dict, dev: bool):
+    import boto3
+    from botocore.config import Config
+
+    aws = request.get("aws") or {}
+    endpoint = request.get("kms_endpoint") if dev else None
+    clients: dict = {}
+    lock = threading.Lock()
+
+    def factory(arn: str):
+        from sops_enclave.keys.kms import region_of
+
+        region = region_of(arn)
+        with lock:
+            c = clients.get(region)
+            if c is None:
+                c = boto3.client(
+                    "kms", region_name=region, endpoint_url=endpoint,
+                    aws_access_key_id=aws.get("access_key_id"),
+                    aws_secret_access_key=aws.get("secret_access_key"),
+                    aws_session_token=aws.get("session_token"),
+                    config=Config(retries={"mode": "standard", "max_attempts": 5},
+                                  max_pool_connections=16))
+                clients[region] = c
+            return c
+
+    return factory
+
+
+def _handle(conn: socket.socket, nsm, dev: bool) -> None:
+    from sops_enclave.enclave.executor import run_pack
+
+    try:
+        req = recv_frame(conn)
+        if req.get("type") != "pack" or req.get("version") != 1:
+            raise ValueError("unsupported request")
+        ids = []
+        if dev and req.get("dev_age_identities"):
+            from sops_enclave.keys.age import parse_identities
+
+            ids = parse_identities(req["dev_age_identities"], "the dev request")
+        resp = run_pack(req, nsm, _kms_factory(req, dev), dev=dev, age_identities=ids)
+    except Exception as e:  # every failure becomes one error frame, never a traceback
+        resp = error_frame(e)
+    try:
+        send_frame(conn, resp)
+    except OSError:
+        pass
+
+
+def serve(sock: socket.socket, nsm, dev: bool, once: bool = False) -> None:
+    sock.listen(4)
+    while True:
+        conn, _ = sock.accept()
+        with conn:
+            _handle(conn, nsm, dev)
+        if once:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sops-enclave-app", description=__doc__.split("\n\n")[0])
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", metavar="PATH", help="listen on a unix socket (dev enclave)")
+    where.add_argument("--vsock", metavar="PORT", type=int, help="listen on vsock (Nitro)")
+    ap.add_argument("--dev", action="store_true", help="use the software NSM (dev enclave)")
+    ap.add_argument("--dev-ca-dir", help="directory of the dev CA (software NSM)")
+    args = ap.parse_args(argv)
+    if args.dev:
+        from sops_enclave.devtools.nsm_soft import SoftNSM
+
+        nsm = SoftNSM(ca_dir=args.dev_ca_dir)
+    else:
+        from sops_enclave.enclave.nsm import NitroNSM  # type: ignore[import-not-found]
+
+        nsm = NitroNSM()
+    if args.unix:
+        try:
+            os.unlink(args.unix)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            sock.bind(args.unix)
+        finally:
+            os.umask(old)
+    else:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        sock.bind((socket.VMADDR_CID_ANY, args.vsock))  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        serve(sock, nsm, args.dev)
+    finally:
+        if args.unix:
+            try:
+                os.unlink(args.unix)
+            except OSError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""The host side of ``sops-enclave exec``: gather git objects and ciphertext, talk to the
+enclave, write every output and receipt atomically. It never holds plaintext or data keys.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sops_enclave.errors import CouldNotWriteOutputFile, SopsError
+from sops_enclave.rpc import PROTOCOL_VERSION, recv_frame, send_frame
+
+__all__ = ["ExecOptions", "plan_at_commit", "build_request", "run_exec", "write_all_atomically",
+           "EnclaveError", "start_dev_enclave"]
+
+
+class EnclaveError(SopsError):
+    """The enclave refused the request or could not be reached."""
+
+
+@dataclass
+class ExecOptions:
+    repo: str
+    commit: str = "HEAD"
+    manifest_path: str = ".sops-enclave.yaml"
+    targets: Sequence[str] = ()
+    enclave: str = "dev"
+    repository_name: str = ""
+
+
+def _git(repo: str, *args: str) -> bytes:
+    p = subprocess.run(["git", "-C", repo, *args], capture_output=True)
+    if p.returncode != 0:
+        raise SopsError(f"git {' '.join(args)}: {p.stderr.decode(errors='replace').strip()}")
+    return p.stdout
+
+
+def plan_at_commit(opts: ExecOptions):
+    """(commit id, manifest, plans) read from the commit, not the working tree."""
+    from sops_enclave.pack.manifest import load_manifest
+
+    commit = _git(opts.repo, "rev-parse", "--verify", f"{opts.commit}^{{commit}}").decode().strip()
+    try:
+        data = _git(opts.repo, "show", f"{commit}:{opts.manifest_path}")
+    except SopsError:
+        raise SopsError(f"{opts.manifest_path}: not found in commit {commit[:12]}") from None
+    manifest = load_manifest(data, opts.manifest_path)
+
+    def exists(p: str) -> bool:
+        r = subprocess.run(["git", "-C", opts.repo, "cat-file", "-e", f"{commit}:{p}"],
+                           capture_output=True)
+        return r.returncode == 0
+
+    plans = manifest.plan(list(opts.targets) or None, exists=exists)
+    return commit, manifest, plans
+
+
+def build_request(opts: ExecOptions, commit: str, plans, env: Mapping[str, str], *,
+                  dev: bool) -> dict:
+    from sops_enclave.pack import gitobjects
+
+    paths = sorted({opts.manifest_path} | {i.file for p in plans for i in p.inputs})
+    bundle = gitobjects.collect(opts.repo, commit, paths)
+    req: dict = {"type": "pack", "version": PROTOCOL_VERSION, "commit": commit,
+                 "git": bundle.to_wire(), "manifest_path": opts.manifest_path,
+                 "targets": list(opts.targets), "nonce": os.urandom(32),
+                 "repository": opts.repository_name or _origin(opts.repo)}
+    req["aws"] = _credentials(env)
+    if dev:
+        if env.get("AWS_ENDPOINT_URL_KMS") or env.get("AWS_ENDPOINT_URL"):
+            req["kms_endpoint"] = env.get("AWS_ENDPOINT_URL_KMS") or env.get("AWS_ENDPOINT_URL")
+        ids = _dev_age_identities(env)
+        if ids:
+            req["dev_age_identities"] = ids
+    return req
+
+
+def _origin(repo: str) -> str:
+    p = subprocess.run(["git", "-C", repo, "remote", "get-url", "origin"], capture_output=True)
+    return p.stdout.decode().strip() if p.returncode == 0 else os.path.basename(os.path.abspath(repo))
+
+
+def _credentials(env: Mapping[str, str]) -> dict:
+    """Credentials for the enclave's KMS calls: the session credentials boto3 resolves on the
+    host (an instance role's short-lived ones on Nitro), or the AWS_* variables."""
+    if env.get("AWS_ACCESS_KEY_ID"):
+        out = {"access_key_id": env["AWS_ACCESS_KEY_ID"],
+               "secret_access_key": env.get("AWS_SECRET_ACCESS_KEY", "")}
+        if env.get("AWS_SESSION_TOKEN"):
+            out["session_token"] = env["AWS_SESSION_TOKEN"]
+        return out
+    try:
+        import boto3
+
+        creds = boto3.Session().get_credentials()
+    except Exception:
+        creds = None
+    if creds is None:
+        return {}
+    frozen = creds.get_frozen_credentials()
+    out = {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key}
+    if frozen.token:
+        out["session_token"] = frozen.token
+    return out
+
+
+def _dev_age_identities(env: Mapping[str, str]) -> str:
+    from sops_enclave.keys.discovery import default_age_keys_path
+
+    parts = []
+    if env.get("SOPS_AGE_KEY"):
+        parts.append("\n".join(env["SOPS_AGE_KEY"].split()))
+    for path in (env.get("SOPS_AGE_KEY_FILE"), default_age_keys_path(env)):
+        if path and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                parts.append(f.read())
+    return "\n".join(parts)
+
+
+def start_dev_enclave(workdir: str, env: Mapping[str, str]) -> tuple[subprocess.Popen, str]:
+    """The dev enclave: the same enclave program as a local process, with the software NSM."""
+    path = os.path.join(workdir, "enclave.sock")
+    child_env = {k: v for k, v in env.items()
+                 if not k.startswith(("AWS_", "SOPS_AGE", "GNUPG"))}
+    proc = subprocess.Popen([sys.executable, "-m", "sops_enclave.enclave.app", "--unix", path,
+                             "--dev"], env=child_env, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise EnclaveError("the dev enclave did not start")
+        time.sleep(0.02)
+    return proc, path
+
+
+def _connect(spec: str, dev_socket: str | None) -> socket.socket:
+    if spec == "dev":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(dev_socket)
+        return s
+    parts = spec.split(":")
+    cid = int(parts[1]) if len(parts) > 1 and parts[1] else 16
+    port = int(parts[2]) if len(parts) > 2 and parts[2] else 5000
+    try:
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        s.connect((cid, port))
+    except (AttributeError, OSError) as e:
+        raise EnclaveError(f"cannot reach the Nitro enclave at vsock {cid}:{port}: {e}") from None
+    return s
+
+
+def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> list[dict]:
+    """Run the pack in the enclave; writes the outputs and receipts, returns the outputs."""
+    dev = opts.enclave == "dev"
+    if not dev and not opts.enclave.startswith("nitro"):
+        raise SopsError(f"--enclave must be dev or nitro[:CID[:PORT]], not {opts.enclave!r}")
+    commit, _, plans = plan_at_commit(opts)
+    req = build_request(opts, commit, plans, env, dev=dev)
+    sock_path = None
+    with tempfile.TemporaryDirectory(prefix="sops-enclave-") as work:
+        proc = None
+        if dev:
+            proc, sock_path = start_dev_enclave(work, env)
+        try:
+            with _connect(opts.enclave, sock_path) as s:
+                send_frame(s, req)
+                resp = recv_frame(s)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    if not resp.get("ok"):
+        raise EnclaveError(f"the enclave refused the run: {resp.get('error')}",
+                           exit_code=int(resp.get("exit_code") or 1))
+    from sops_enclave.receipt.builder import receipt_path
+
+    items = []
+    for out in resp["outputs"]:
+        path = os.path.join(opts.repo, out["path"])
+        items.append((path, out["content"]))
+        items.append((receipt_path(path), out["receipt"]))
+    write_all_atomically(items)
+    return resp["outputs"]
+
+
+def write_all_atomically(items: Sequence[tuple[str, bytes]]) -> None:
+    """Write every file or none: all temporaries first, then renames, rolled back on failure."""
+    temps: list[tuple[str, str]] = []
+    try:
+        for path, data in items:
+            d = os.path.dirname(os.path.abspath(path))
+            os.makedirs(d, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".sops-enclave-", suffix=".tmp", dir=d)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+    except OSError as e:
+        for tmp, _ in temps:
+            _unlink(tmp)
+        raise CouldNotWriteOutputFile(f"could not write outputs: {e}") from None
+    done: list[tuple[str, str | None]] = []
+    try:
+        for tmp, path in temps:
+            backup = None
+            if os.path.exists(path):
+                backup = tmp + ".bak"
+                os.link(path, backup)
+            os.replace(tmp, path)
+            done.append((path, backup))
+    except OSError as e:
+        for path, backup in reversed(done):
+            if backup:
+                os.replace(backup, path)
+            else:
+                _unlink(path)
+        for tmp, _ in temps:
+            _unlink(tmp)
+            _unlink(tmp + ".bak")
+        raise CouldNotWriteOutputFile(f"could not write outputs, nothing was changed: {e}") from None
+    for _, backup in done:
+        if backup:
+            _unlink(backup)
+
+
+def _unlink(p: str) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass

@@ -191,13 +191,16 @@ class _Ctx:
         return svcs
 
     def decryption_order(self) -> list[str]:
-        from sops_enclave import config as cfgmod
+        from sops_enclave.keys.groups import parse_decryption_order
 
-        return cfgmod.decryption_order(self.get("decryption_order")
-                                       or self.env.get("SOPS_DECRYPTION_ORDER") or None)
+        return parse_decryption_order(self.get("decryption_order")
+                                      or self.env.get("SOPS_DECRYPTION_ORDER") or None)
 
     def config(self, path_for_rules: str):
         """The loaded .sops.yaml (or None) — search from the cwd, or --config/SOPS_CONFIG."""
+        explicit = self.get("config") or self.env.get("SOPS_CONFIG")
+        if not explicit and not _has_config_file(self.cwd):
+            return None, None  # nothing to read: skip importing the config machinery
         from sops_enclave import config as cfgmod
 
         explicit = self.get("config") or self.env.get("SOPS_CONFIG")
@@ -225,6 +228,20 @@ class _Ctx:
         if indent is not None:
             sc = StoreConfig(indent, indent, indent)
         return sc
+
+
+def _has_config_file(start: str) -> bool:
+    """Whether a .sops.yaml (or a .sops.yml to warn about) exists in start or its parents."""
+    d = os.path.abspath(start)
+    for _ in range(100):
+        if os.path.exists(os.path.join(d, ".sops.yaml")) or \
+                os.path.exists(os.path.join(d, ".sops.yml")):
+            return True
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return False
 
 
 def _abs(path: str, cwd: str) -> str:
@@ -395,6 +412,11 @@ def _do_encrypt(ctx: _Ctx, file: str | None, *, legacy: bool = False) -> int:
 
 # ------------------------------------------------------------------ dispatch
 
+#: Subcommands implemented in :mod:`sops_enclave.commands` (imported only when used).
+_OTHER_COMMANDS = ("rotate", "set", "unset", "filestatus", "edit", "exec-env", "exec-file",
+                   "groups", "updatekeys", "exec", "dev")
+
+
 def _extra_commands() -> dict[str, str]:
     """Commands that live in other modules: name -> "module:register" hook."""
     return {"attestation": "sops_enclave.receipt.cli:register",
@@ -438,15 +460,18 @@ def _subcommand_index(argv: list[str], parser: argparse.ArgumentParser,
 def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
     argv, bool_overrides = _preprocess_bools(argv)
     gp = _global_parser()
-    from sops_enclave import commands as cmds
-
-    parsers: dict[str, Callable] = {"decrypt": lambda cls: _decrypt_parser(),
-                                    "encrypt": lambda cls: _encrypt_parser(), **cmds.PARSERS}
-    handlers: dict[str, Callable] = {"decrypt": lambda c: _do_decrypt(c, c.args.file),
-                                     "encrypt": lambda c: _do_encrypt(c, c.args.file),
-                                     **cmds.HANDLERS}
-    idx = _subcommand_index(argv, gp, list(parsers) + list(_extra_commands()) + ["help"])
+    names = ["decrypt", "encrypt", *_OTHER_COMMANDS]
+    idx = _subcommand_index(argv, gp, names + list(_extra_commands()) + ["help"])
     if idx >= 0:
+        parsers: dict[str, Callable] = {"decrypt": lambda cls: _decrypt_parser(),
+                                        "encrypt": lambda cls: _encrypt_parser()}
+        handlers: dict[str, Callable] = {"decrypt": lambda c: _do_decrypt(c, c.args.file),
+                                         "encrypt": lambda c: _do_encrypt(c, c.args.file)}
+        if argv[idx] in _OTHER_COMMANDS:
+            from sops_enclave import commands as cmds
+
+            parsers.update(cmds.PARSERS)
+            handlers.update(cmds.HANDLERS)
         name = argv[idx]
         global_args = gp.parse_args(argv[:idx])
         if name == "help":
@@ -505,6 +530,8 @@ def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
             from sops_enclave.errors import NoFileSpecified
             raise NoFileSpecified(f'Error: cannot operate on non-existent file "{_abs(args.file, cwd)}"')
         return _do_encrypt(ctx, args.file, legacy=True)
+    from sops_enclave import commands as cmds
+
     if args.rotate:
         args.mode = "rotate"
         return cmds.do_rotate(ctx)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from sops_enclave.keys.groups import parse_decryption_order as decryption_order
 from sops_enclave.errors import (ConfigError, DuplicateDecryptionKeyType,
                                  InvalidEncryptionContext, SopsError)
 from sops_enclave.formats.yaml_resolve import GoUint, resolve_plain, timestamp_text
@@ -191,21 +192,6 @@ def parse_csv_keys(s: str | None, kind: str = "age") -> list[str]:
     return parts
 
 
-def decryption_order(s: str | None) -> list[str]:
-    """``--decryption-order``/``SOPS_DECRYPTION_ORDER``; "" gives the default ``age,pgp``.
-
-    Split on ``,`` as is (no trimming, like sops); a repeated entry is exit 112
-    (``Duplicate decryption key type: age``). Unknown names are kept (sops ignores them).
-    """
-    if not s:
-        return list(DEFAULT_DECRYPTION_ORDER)
-    order = s.split(",")
-    seen: set[str] = set()
-    for v in order:
-        if v in seen:
-            raise DuplicateDecryptionKeyType(f"Duplicate decryption key type: {v}")
-        seen.add(v)
-    return order
 
 
 def validate_age_recipient(recipient: str) -> str:

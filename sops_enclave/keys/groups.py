@@ -18,9 +18,28 @@ from sops_enclave.errors import CouldNotRetrieveKey, KeyMismatch, SopsError
 from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, OtherEntry, PGPEntry
 from sops_enclave.metadata import format_time
 
-__all__ = ["LocalKeyService", "get_data_key", "protect_data_key", "DEFAULT_DECRYPTION_ORDER"]
+__all__ = ["LocalKeyService", "get_data_key", "protect_data_key", "DEFAULT_DECRYPTION_ORDER",
+           "parse_decryption_order"]
 
 DEFAULT_DECRYPTION_ORDER = ("age", "pgp")
+
+
+def parse_decryption_order(s: str | None) -> list[str]:
+    """``--decryption-order``/``SOPS_DECRYPTION_ORDER``; empty gives the default ``age,pgp``.
+
+    Split on ``,`` as is (no trimming, like sops); a repeated entry is exit 112. Unknown names
+    are kept (sops ignores them when sorting)."""
+    from sops_enclave.errors import DuplicateDecryptionKeyType
+
+    if not s:
+        return list(DEFAULT_DECRYPTION_ORDER)
+    order = s.split(",")
+    seen: set[str] = set()
+    for v in order:
+        if v in seen:
+            raise DuplicateDecryptionKeyType(f"Duplicate decryption key type: {v}")
+        seen.add(v)
+    return order
 
 
 class LocalKeyService:

@@ -324,7 +324,7 @@ def test_complex_value_error_like_sops(yaml_src, tree):
     with pytest.raises(ErrorDumpingTree) as ei:
         dotenv.emit_plain([tree])
     assert ei.value.exit_code == 4
-    assert ei.value.message == dec.stderr.decode().strip()
+    assert ei.value.message == dec.stderr.decode().removesuffix("\n")
 
 
 @needs_sops
@@ -343,7 +343,7 @@ def test_emit_value_like_sops_extract():
             assert dec.returncode == 4
             with pytest.raises(ErrorDumpingTree) as ei:
                 dotenv.emit_value(value)
-            assert ei.value.message == dec.stderr.decode().strip()
+            assert ei.value.message == dec.stderr.decode().removesuffix("\n")
 
 
 def test_emit_plain_details():
@@ -351,3 +351,36 @@ def test_emit_plain_details():
     assert dotenv.emit_plain([tree]) == b"# c\nraw\nk=a\\nb\ne=\nsp = v \n"
     assert dotenv.emit_plain([Branch()]) == b""
     assert dotenv.emit_value("x\ny") == b"x\ny"
+
+
+# ------------------------------------------------------------------ writer vs sops, any tree
+
+_W_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), max_codepoint=0x2100)
+                  | st.sampled_from(list(" \t\r\n\"'`#=\\é")), max_size=8)
+_W_SCALAR = st.one_of(_W_TEXT, _W_TEXT, st.floats(allow_nan=False, allow_infinity=False),
+                      st.booleans(), st.none())
+_W_DOC = st.dictionaries(_W_TEXT.filter(lambda s: not s.startswith("sops_") and s != "sops"),
+                         st.one_of(_W_SCALAR, _W_SCALAR, _W_SCALAR,
+                                   st.lists(_W_SCALAR, max_size=2)), max_size=6)
+
+
+@needs_sops
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_W_DOC)
+def test_writer_matches_sops_on_json_trees(doc):
+    """Any keys/values (as a JSON file) decrypted with --output-type dotenv."""
+    import json
+
+    src = json.dumps(doc).encode()
+    enc = _run(["encrypt", "--age", _age()[1], "f.json"], {"f.json": src})
+    assert enc.returncode == 0, enc.stderr
+    dec = sops_decrypt(enc.stdout, "--output-type", "dotenv", name="f.enc.json")
+    tree = Branch((k, float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+                  for k, v in doc.items())
+    if dec.returncode != 0:
+        assert dec.returncode == 4, dec.stderr
+        with pytest.raises(ErrorDumpingTree) as ei:
+            dotenv.emit_plain([tree])
+        assert ei.value.message == dec.stderr.decode().removesuffix("\n")
+        return
+    assert dotenv.emit_plain([tree]) == dec.stdout

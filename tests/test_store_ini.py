@@ -530,7 +530,7 @@ def test_top_level_non_section_error_like_sops(yaml_src, tree):
     assert dec.returncode == 4
     with pytest.raises(ErrorDumpingTree) as ei:
         ini.emit_plain([tree])
-    assert ei.value.message == dec.stderr.decode().strip()
+    assert ei.value.message == dec.stderr.decode().removesuffix("\n")
 
 
 @needs_sops
@@ -581,3 +581,46 @@ def test_writer_details():
         ini.emit_plain([Branch([("", Branch())])])
     with pytest.raises(ErrorDumpingTree, match="empty key name"):
         ini.emit_plain([Branch([("s", Branch([("", "v")]))])])
+
+
+# ------------------------------------------------------------------ writer vs sops, any tree
+
+_W_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), max_codepoint=0x2100)
+                  | st.sampled_from(list(" \t\r\n\"'`#;=:[]\\\xa0\x1cé")), max_size=8)
+_W_SCALAR = st.one_of(_W_TEXT, _W_TEXT, st.floats(allow_nan=False, allow_infinity=False),
+                      st.booleans(), st.none())
+_W_VALUE = st.one_of(_W_SCALAR, st.lists(_W_SCALAR, max_size=3),
+                     st.dictionaries(_W_TEXT, _W_SCALAR, max_size=2))
+_W_TREE = st.dictionaries(_W_TEXT.filter(lambda s: s != "sops"),
+                          st.dictionaries(_W_TEXT, _W_VALUE, max_size=5), max_size=4)
+
+
+def _to_tree(v):
+    if isinstance(v, dict):
+        return Branch((k, _to_tree(x)) for k, x in v.items())
+    if isinstance(v, list):
+        return [_to_tree(x) for x in v]
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)  # sops 3.11 decodes every JSON number as a float64
+    return v
+
+
+@needs_sops
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_W_TREE)
+def test_writer_matches_sops_on_json_trees(doc):
+    """Any sections/keys/values (as a JSON file) decrypted with --output-type ini."""
+    import json
+
+    src = json.dumps(doc).encode()
+    enc = _run(["encrypt", "--age", _age()[1], "f.json"], {"f.json": src})
+    assert enc.returncode == 0, enc.stderr
+    dec = sops_decrypt(enc.stdout, "--output-type", "ini", name="f.enc.json")
+    tree = _to_tree(doc)
+    if dec.returncode != 0:
+        assert dec.returncode == 4, dec.stderr
+        with pytest.raises(ErrorDumpingTree) as ei:
+            ini.emit_plain([tree])
+        assert ei.value.message == dec.stderr.decode().removesuffix("\n")
+        return
+    assert ini.emit_plain([tree]) == dec.stdout

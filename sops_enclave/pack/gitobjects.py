@@ -179,7 +179,7 @@ def _walk(get: _Getter, root_tree: str, path: str, *, optional: bool) -> str | N
     tree = root_tree
     for depth, name in enumerate(parts):
         here = "/".join(p.decode() for p in parts[:depth]) or "the root directory"
-        entries = _parse_tree(get(tree, "tree", f"tree of {here}"), tree)
+        entries = _parse_tree(get(tree, "tree", f"{path}: the tree of {here}"), tree)
         entry = entries.get(name)
         sofar = "/".join(p.decode() for p in parts[:depth + 1])
         if entry is None:
@@ -258,7 +258,7 @@ def verify_paths(bundle_objects: Mapping[str, tuple[str, bytes]], commit_id: str
     def get(oid: str, want: str, what: str) -> bytes:
         found = objects.get(oid)
         if found is None:
-            raise GitObjectError(f"{what} ({want} {oid[:12]}) is missing from the git objects")
+            raise GitObjectError(f"{what} is missing from the git objects ({want} {oid[:12]})")
         if found[0] != want:
             raise GitObjectError(f"{what}: object {oid[:12]} is a {found[0]}, not a {want}")
         return found[1]
@@ -270,7 +270,7 @@ def verify_paths(bundle_objects: Mapping[str, tuple[str, bytes]], commit_id: str
     for path, opt in [(p, False) for p in required] + [(p, True) for p in want_optional]:
         blob = _walk(get, tree, path, optional=opt)
         if blob is not None:
-            out[path] = (blob, get(blob, "blob", path))
+            out[path] = (blob, get(blob, "blob", f"{path}: its blob"))
     return out
 
 
@@ -353,7 +353,12 @@ def _run_git(git: str, repo: str, *args: str) -> subprocess.CompletedProcess[byt
 
 
 def _last_line(stderr: bytes) -> str:
+    """git's own complaint: its first ``fatal:``/``error:`` line (hints follow it), else the
+    last line."""
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
     return lines[-1] if lines else "no message"
 
 
@@ -433,7 +438,8 @@ def _object_format(git: str, repo: str) -> str:
     return OBJECT_FORMAT
 
 
-def collect(repo_dir: str, commit: str, paths: Sequence[str], *, optional: Iterable[str] = (),
+def collect(repo_dir: str | os.PathLike[str], commit: str, paths: Sequence[str], *,
+            optional: Iterable[str] = (),
             git: str = "git", max_objects: int = MAX_BUNDLE_OBJECTS,
             max_bytes: int = MAX_BUNDLE_BYTES) -> GitBundle:
     """Gather from ``repo_dir`` the objects that tie ``commit`` to each of ``paths``.
@@ -494,7 +500,7 @@ def collect(repo_dir: str, commit: str, paths: Sequence[str], *, optional: Itera
             if blob is None:
                 absent.add(path)
             else:
-                get(blob, "blob", path)
+                get(blob, "blob", f"{path}: its blob")
     except GitObjectError as e:
         raise GitObjectError(f"{repo_dir} at {commit_id[:12]}: {e.message}") from None
     finally:

@@ -155,13 +155,24 @@ def _connect(spec: str, dev_socket: str | None) -> socket.socket:
     return s
 
 
-def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> list[dict]:
-    """Run the pack in the enclave; writes the outputs and receipts, returns the outputs."""
+def _progress(msg: str) -> None:
+    if sys.stderr.isatty():
+        print(f"[sops-enclave] {msg}", file=sys.stderr, flush=True)
+
+
+def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
+    """Run the pack in the enclave; writes the outputs and receipts.
+
+    Returns ``{"commit", "outputs": [{"target", "path", "receipt", "sha256"}],
+    "kms_decrypt_calls"}`` (no content)."""
     dev = opts.enclave == "dev"
     if not dev and not opts.enclave.startswith("nitro"):
         raise SopsError(f"--enclave must be dev or nitro[:CID[:PORT]], not {opts.enclave!r}")
     commit, _, plans = plan_at_commit(opts)
+    _progress(f"{len(plans)} output(s) at {commit[:12]}; collecting git objects")
     req = build_request(opts, commit, plans, env, dev=dev)
+    _progress(f"sending {len(req['git'].get('objects', req['git']))} git objects to the "
+              f"{'dev ' if dev else ''}enclave")
     sock_path = None
     with tempfile.TemporaryDirectory(prefix="sops-enclave-") as work:
         proc = None
@@ -189,7 +200,14 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> list[dict]:
         items.append((path, out["content"]))
         items.append((receipt_path(path), out["receipt"]))
     write_all_atomically(items)
-    return resp["outputs"]
+    import hashlib
+
+    _progress(f"wrote {len(resp['outputs'])} output(s) and their receipts")
+    return {"commit": commit, "kms_decrypt_calls": resp.get("kms_decrypt_calls"),
+            "outputs": [{"target": o["target"], "path": o["path"],
+                         "receipt": receipt_path(o["path"]),
+                         "sha256": hashlib.sha256(o["content"]).hexdigest()}
+                        for o in resp["outputs"]]}
 
 
 def write_all_atomically(items: Sequence[tuple[str, bytes]]) -> None:

@@ -190,17 +190,15 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
     manifest_blob, manifest_bytes = found[manifest_path]
     manifest = load_manifest(manifest_bytes, manifest_path)
 
-    def exists(p: str) -> bool:
-        try:
-            gitobjects.verify_paths(objects, commit, [p])
-            return True
-        except SopsError:
-            return False
-
-    plans = manifest.plan(request.get("targets") or None, exists=exists)
+    # Which inputs exist is proven by the trees: required ones must be there, optional ones
+    # are either there or shown absent (a host cannot hide one by leaving its blob out).
+    full = manifest.plan(request.get("targets") or None, exists=lambda p: True)
+    required = sorted({i.file for p in full for i in p.inputs if not i.optional})
+    optional = sorted({i.file for p in full for i in p.inputs if i.optional} - set(required))
+    blobs = gitobjects.verify_paths(objects, commit, required, optional=optional)
+    plans = manifest.plan(request.get("targets") or None, exists=lambda p: p in blobs)
     keys = EnclaveKeys(kms_client_factory, nsm, age_identities=age_identities, dev=dev)
     paths = sorted({i.file for p in plans for i in p.inputs})
-    blobs = gitobjects.verify_paths(objects, commit, paths) if paths else {}
     # Parse every input first, so every distinct data key is fetched once, concurrently.
     parsed_meta: dict[str, Metadata] = {}
     for p in paths:

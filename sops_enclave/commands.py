@@ -632,6 +632,7 @@ def exec_parser(cls):
     p.add_argument("--enclave", default="dev", help="dev (local process, software NSM) or "
                    "nitro[:CID[:PORT]] (default dev)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, decrypt nothing")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -650,9 +651,13 @@ def do_exec(ctx) -> int:
     if opts.enclave == "dev":
         print("[sops-enclave] dev enclave (software NSM): receipts verify only with --allow-dev",
               file=sys.stderr)
-    outputs = host.run_exec(opts, ctx.env)
-    for out in outputs:
-        print(f"{out['target']}: wrote {out['path']} and {out['path']}.receipt.json")
+    summary = host.run_exec(opts, ctx.env)
+    if ctx.get("json"):
+        summary["enclave"] = opts.enclave
+        print(json.dumps(summary, indent=2))
+        return 0
+    for out in summary["outputs"]:
+        print(f"{out['target']}: wrote {out['path']} and {out['receipt']}")
     return 0
 
 

@@ -505,3 +505,14 @@ def test_cli_verify_usage_errors(files, tmp_path, nsm):
         _run(["verify", str(files), "--policy", str(bad)])
     with pytest.raises(SystemExit):
         _run(["verify", str(files), "--policy", str(bad), *_pcr_args(nsm)])
+
+
+def test_example_audit_policy_parses():
+    """examples/audit-policy.yaml is a valid policy file (the docs match the code)."""
+    from pathlib import Path
+
+    from sops_enclave.receipt.policy import ReceiptPolicy
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "audit-policy.yaml").read_text()
+    policy = ReceiptPolicy.from_yaml(text)
+    assert policy.allow_host_keys is False and policy.pcrs is not None

@@ -61,12 +61,22 @@ def plan_at_commit(opts: ExecOptions):
     return commit, manifest, plans
 
 
+def _split_inputs(plans) -> tuple[list[str], list[str]]:
+    required = sorted({i.file for p in plans for i in p.inputs if not i.optional})
+    optional = sorted({i.file for p in plans for i in p.inputs if i.optional} - set(required))
+    return required, optional
+
+
 def build_request(opts: ExecOptions, commit: str, plans, env: Mapping[str, str], *,
                   dev: bool) -> dict:
+    """The pack request. Optional inputs are sent with the trees that prove whether they
+    exist, so a host cannot silently leave one out."""
     from sops_enclave.pack import gitobjects
 
-    paths = sorted({opts.manifest_path} | {i.file for p in plans for i in p.inputs})
-    bundle = gitobjects.collect(opts.repo, commit, paths)
+    full = plan_all_inputs(opts, commit)
+    required, optional = _split_inputs(full)
+    bundle = gitobjects.collect(opts.repo, commit, [opts.manifest_path] + required,
+                                optional=optional)
     req: dict = {"type": "pack", "version": PROTOCOL_VERSION, "commit": commit,
                  "git": bundle.to_wire(), "manifest_path": opts.manifest_path,
                  "targets": list(opts.targets), "nonce": os.urandom(32),
@@ -79,6 +89,15 @@ def build_request(opts: ExecOptions, commit: str, plans, env: Mapping[str, str],
         if ids:
             req["dev_age_identities"] = ids
     return req
+
+
+def plan_all_inputs(opts: ExecOptions, commit: str):
+    """The plan before optional inputs are dropped (what the enclave will check)."""
+    from sops_enclave.pack.manifest import load_manifest
+
+    data = _git(opts.repo, "show", f"{commit}:{opts.manifest_path}")
+    return load_manifest(data, opts.manifest_path).plan(list(opts.targets) or None,
+                                                        exists=lambda p: True)
 
 
 def _origin(repo: str) -> str:
@@ -128,8 +147,9 @@ def start_dev_enclave(workdir: str, env: Mapping[str, str]) -> tuple[subprocess.
     path = os.path.join(workdir, "enclave.sock")
     child_env = {k: v for k, v in env.items()
                  if not k.startswith(("AWS_", "SOPS_AGE", "GNUPG"))}
+    # cwd is the private work dir, so the enclave never imports code from the caller's cwd.
     proc = subprocess.Popen([sys.executable, "-m", "sops_enclave.enclave.app", "--unix", path,
-                             "--dev"], env=child_env, stdin=subprocess.DEVNULL)
+                             "--dev"], env=child_env, stdin=subprocess.DEVNULL, cwd=workdir)
     deadline = time.time() + 30
     while not os.path.exists(path):
         if proc.poll() is not None or time.time() > deadline:

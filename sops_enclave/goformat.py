@@ -120,7 +120,7 @@ def val_to_string(v: object) -> str:
         return str(v)
     if isinstance(v, str):
         return v
-    return _go_v(v)
+    raise TypeError(f"cannot format {type(v).__name__} as a flat value")
 
 
 def _rfc3339_seconds(text: str) -> str:
@@ -133,19 +133,6 @@ def _rfc3339_seconds(text: str) -> str:
     while end < len(text) and text[end].isdigit():
         end += 1
     return text[:dot] + text[end:]
-
-
-def _go_v(v: object) -> str:
-    """Go ``%v`` of nested values, as go-ini and exec-env print them."""
-    from sops_enclave.tree import Branch, Comment
-
-    if isinstance(v, Branch):
-        return "[" + " ".join("{" + f"{k} {_go_v(x)}" + "}" for k, x in v if not isinstance(k, Comment)) + "]"
-    if isinstance(v, list):
-        return "[" + " ".join(_go_v(x) for x in v if not isinstance(x, Comment)) + "]"
-    if isinstance(v, float):
-        return format_g(v)
-    return val_to_string(v)
 
 
 def plain_bytes(v: object) -> tuple[bytes, str]:

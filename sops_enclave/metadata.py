@@ -115,7 +115,7 @@ def _s(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, Timestamp):
-        return v.text if not v.text.endswith("Z") else v.text
+        return v.text
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
@@ -177,8 +177,6 @@ class Metadata:
     shamir_threshold: int = 0
     crypt_rule: CryptRule = field(default_factory=CryptRule)
     mac_only_encrypted: bool = False
-    #: True when the file named no crypt rule and the reader defaulted to ``_unencrypted``.
-    defaulted_rule: bool = False
 
     @property
     def rule(self) -> CryptRule:
@@ -206,9 +204,7 @@ class Metadata:
         lst = [self._entry_branch(e) for e in single if e.type == "pgp"]
         if lst:
             b.append(("pgp", lst))
-        if self.crypt_rule.kind and not binary and not (
-                self.defaulted_rule and self.crypt_rule.kind == "unencrypted_suffix"
-                and binary):
+        if self.crypt_rule.kind and not binary:  # 3.11's binary store writes no rule
             b.append((self.crypt_rule.kind, self.crypt_rule.value))
         if self.mac_only_encrypted:
             b.append(("mac_only_encrypted", True))
@@ -287,7 +283,6 @@ def parse_metadata(raw: Any) -> Metadata:
         raise SopsError("Cannot use more than one of encrypted_suffix, unencrypted_suffix, "
                         "encrypted_regex, unencrypted_regex, encrypted_comment_regex, or "
                         "unencrypted_comment_regex in the same file")
-    defaulted = not rules
     rule = CryptRule(*rules[0]) if rules else CryptRule("unencrypted_suffix", "_unencrypted")
     version = _s(_get(raw, "version"))
     if not version:
@@ -296,5 +291,4 @@ def parse_metadata(raw: Any) -> Metadata:
     parse_time(lastmod)
     return Metadata(key_groups=groups, lastmodified=lastmod, mac=_s(_get(raw, "mac")),
                     version=version, shamir_threshold=_int(_get(raw, "shamir_threshold")),
-                    crypt_rule=rule, mac_only_encrypted=_bool(_get(raw, "mac_only_encrypted")),
-                    defaulted_rule=defaulted)
+                    crypt_rule=rule, mac_only_encrypted=_bool(_get(raw, "mac_only_encrypted")))

@@ -18,7 +18,7 @@ from sops_enclave.errors import ErrorEncryptingTree, SopsError
 from sops_enclave.goformat import plain_bytes
 from sops_enclave.tree import Branch, Comment
 
-__all__ = ["CryptRule", "encrypt_tree", "decrypt_tree", "compute_mac", "CRYPT_RULE_NAMES",
+__all__ = ["CryptRule", "encrypt_tree", "decrypt_tree", "CRYPT_RULE_NAMES",
            "MAC_ONLY_ENCRYPTED_INIT"]
 
 CRYPT_RULE_NAMES = ("unencrypted_suffix", "encrypted_suffix", "unencrypted_regex",
@@ -209,22 +209,3 @@ def decrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = 
     w = _Walker(rule, mac_only_encrypted, on_leaf)
     out = [w.branch(b, [], []) for b in branches]
     return out, w.hash.hexdigest().upper()
-
-
-def compute_mac(branches: list[Branch], rule: CryptRule = CryptRule(),
-                mac_only_encrypted: bool = False) -> str:
-    """The MAC of a plaintext tree (what encrypting it would produce)."""
-    h = hashlib.sha512()
-    if mac_only_encrypted:
-        h.update(MAC_ONLY_ENCRYPTED_INIT)
-
-    def on_leaf(value: Any, path: list[str], stack: list[list[str]]) -> Any:
-        is_comment = isinstance(value, Comment)
-        if not is_comment and (not mac_only_encrypted or rule.should_encrypt(path, stack, False)):
-            h.update(plain_bytes(value)[0])
-        return value
-
-    w = _Walker(rule, mac_only_encrypted, on_leaf)
-    for b in branches:
-        w.branch(b, [], [])
-    return h.hexdigest().upper()

@@ -306,10 +306,6 @@ def _parse(data: bytes, check_dupes: bool) -> list[Branch]:
         raise YAMLError(f"yaml: {e}") from None
 
 
-def _first_doc_kind_check(docs_src: str) -> None:
-    pass
-
-
 def load_plain(data: bytes) -> list[Branch]:
     """Plaintext YAML -> documents. Raises :class:`YAMLError` (sops exit 2 on encrypt)."""
     if not data:

@@ -276,7 +276,9 @@ def _read(ctx: _Ctx, file: str | None) -> tuple[bytes, str | None, str]:
 
     override = ctx.get("filename_override")
     if file is None:
-        data = sys.stdin.buffer.read()
+        from sops_enclave.fileio import read_stream
+
+        data = read_stream(sys.stdin.buffer)
         name = _abs(override, ctx.cwd) if override else ""
         return data, None, name
     path = _abs(file, ctx.cwd)

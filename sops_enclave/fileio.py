@@ -8,7 +8,32 @@ import tempfile
 
 from sops_enclave.errors import CouldNotWriteOutputFile
 
-__all__ = ["write_atomic", "read_input"]
+__all__ = ["write_atomic", "read_input", "read_stream", "max_input_bytes"]
+
+DEFAULT_MAX_INPUT = 128 * 1024 * 1024
+
+
+def max_input_bytes() -> int:
+    """The largest input accepted: ``SOPS_ENCLAVE_MAX_INPUT_BYTES`` or 128 MiB."""
+    try:
+        return int(os.environ.get("SOPS_ENCLAVE_MAX_INPUT_BYTES", DEFAULT_MAX_INPUT))
+    except ValueError:
+        return DEFAULT_MAX_INPUT
+
+
+def _too_big(what: str, limit: int):
+    from sops_enclave.errors import CouldNotReadInputFile
+
+    return CouldNotReadInputFile(f"Error reading file: {what} is larger than the {limit}-byte "
+                                 "limit (set SOPS_ENCLAVE_MAX_INPUT_BYTES to raise it)")
+
+
+def read_stream(f, what: str = "standard input") -> bytes:
+    limit = max_input_bytes()
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _too_big(what, limit)
+    return data
 
 
 def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
@@ -55,7 +80,7 @@ def read_input(path: str) -> bytes:
 
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return read_stream(f, path)
     except FileNotFoundError:
         raise NoFileSpecified(f'Error: cannot operate on non-existent file "{path}"') from None
     except IsADirectoryError:

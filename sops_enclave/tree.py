@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-__all__ = ["Branch", "Comment", "Timestamp", "to_bytes", "is_valid_utf8", "walk_leaves"]
+__all__ = ["Branch", "Comment", "Timestamp", "to_bytes", "is_valid_utf8", "walk_leaves",
+           "max_depth"]
 
 
 class Comment:
@@ -102,3 +103,20 @@ def walk_leaves(value: Any) -> Iterator[Any]:
                 yield from walk_leaves(v)
     else:
         yield value
+
+
+def max_depth(value: Any, limit: int) -> int:
+    """Nesting depth of ``value`` (iterative), stopping early once ``limit`` is exceeded."""
+    deepest = 0
+    todo = [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if d > deepest:
+            deepest = d
+            if deepest > limit:
+                return deepest
+        if isinstance(v, Branch):
+            todo.extend((x, d + 1) for k, x in v if isinstance(x, list))
+        elif isinstance(v, list):
+            todo.extend((x, d + 1) for x in v if isinstance(x, list))
+    return deepest

@@ -205,3 +205,37 @@ def test_extract_values(enc_yaml, enclave_bin, sops_bin, base_env):
         assert p.stdout == s.stdout
     p = run(enclave_bin + ["decrypt", "--extract", '["zz"]', str(enc_yaml)], base_env)
     _check(p, 1, "component ['zz'] not found")
+
+
+# ---------------------------------------------------------------- limits
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path, enclave_bin, base_env, age_key):
+    import time
+
+    levels = "".join(f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n"
+                     for i in range(9))
+    f = tmp_path / "bomb.yaml"
+    f.write_text("a: &a [x,x,x,x,x,x,x,x,x,x]\n" + levels)
+    t = time.time()
+    p = run(enclave_bin + ["encrypt", "--age", age_key[1], str(f)], base_env)
+    assert time.time() - t < 30
+    _check(p, 2, "alias expansion")
+
+
+@pytest.mark.parametrize("fmt,content", [
+    ("yaml", "".join("  " * i + "a:\n" for i in range(300)).encode() + b"  " * 300 + b"b: 1\n"),
+    ("json", b'{"a":' * 300 + b"1" + b"}" * 300),
+])
+def test_deep_nesting_is_refused(tmp_path, enclave_bin, base_env, age_key, fmt, content):
+    f = tmp_path / f"deep.{fmt}"
+    f.write_bytes(content)
+    p = run(enclave_bin + ["encrypt", "--age", age_key[1], str(f)], base_env)
+    _check(p, 2, "nesting deeper than")
+
+
+def test_input_size_limit(tmp_path, enclave_bin, base_env, age_key):
+    f = tmp_path / "a.yaml"
+    f.write_bytes(b"a: " + b"x" * 100 + b"\n")
+    p = run(enclave_bin + ["encrypt", "--age", age_key[1], str(f)],
+            dict(base_env, SOPS_ENCLAVE_MAX_INPUT_BYTES="50"))
+    _check(p, 2, "larger than the 50-byte limit")

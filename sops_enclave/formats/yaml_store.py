@@ -26,6 +26,12 @@ __all__ = ["load_plain", "load_encrypted", "emit_plain", "emit_encrypted", "emit
            "YAMLError"]
 
 _Loader = getattr(_pyyaml, "CSafeLoader", _pyyaml.SafeLoader)
+
+#: Nesting deeper than this is refused (sops' own tree walk would overflow long before).
+MAX_DEPTH = 256
+#: A document may expand (aliases included) to at most this many nodes: a "billion laughs"
+#: alias bomb is refused instead of exhausting memory.
+MAX_NODES = 2_000_000
 _HASH_RE = re.compile(r"(?:^|(?<=[ \t]))#", re.M)
 _STR_TAGS = ("tag:yaml.org,2002:str",)
 _TAG = "tag:yaml.org,2002:"
@@ -90,7 +96,7 @@ def _short_of(v: Any) -> str:
 
 class _Frame:
     __slots__ = ("node", "is_map", "indent", "key", "key_line", "key_index", "anchor",
-                 "has_key", "start_line")
+                 "has_key", "start_line", "start_nodes")
 
     def __init__(self, node: Any, is_map: bool, indent: int, anchor: str | None, line: int):
         self.node = node
@@ -116,6 +122,8 @@ class _Builder:
         self.anchors: dict[str, Any] = {}
         self.check_dupes = check_dupes_first_doc
         self.doc_index = 0
+        self.nodes = 0
+        self.anchor_sizes: dict[str, int] = {}
 
     # -- comments
     def _line_start(self, pos: int) -> int:
@@ -202,8 +210,14 @@ class _Builder:
                     value = ev.value if tag is None or tag == "!" else _tagged(tag, ev.value, ev.style)
                 if ev.anchor:
                     self.anchors[ev.anchor] = value
+                    self.anchor_sizes[ev.anchor] = 1
+                self._count(1)
                 root = self._add(stack, value, ev.start_mark.line, root)
             elif t is ev_types.MappingStartEvent or t is ev_types.SequenceStartEvent:
+                if len(stack) >= MAX_DEPTH:
+                    raise YAMLError(f"yaml: line {ev.start_mark.line + 1}: nesting deeper than "
+                                    f"{MAX_DEPTH} levels")
+                self._count(1)
                 is_map = t is ev_types.MappingStartEvent
                 node: Any = Branch() if is_map else []
                 line = ev.start_mark.line
@@ -216,6 +230,7 @@ class _Builder:
                         self.line_items[line] = (top.node, len(top.node))
                         self._flush_into(top.node)
                 frame = _Frame(node, is_map, ev.start_mark.column, ev.anchor, line)
+                frame.start_nodes = self.nodes
                 stack.append(frame)
                 self._flush_into(node)
             elif t is ev_types.MappingEndEvent or t is ev_types.SequenceEndEvent:
@@ -228,10 +243,12 @@ class _Builder:
                     self._flush_into(frame.node, only_from_col=col)
                 if frame.anchor:
                     self.anchors[frame.anchor] = frame.node
+                    self.anchor_sizes[frame.anchor] = self.nodes - frame.start_nodes + 1
                 root = self._add(stack, frame.node, frame.start_line, root, collection=True)
             elif t is ev_types.AliasEvent:
                 if ev.anchor not in self.anchors:
                     raise YAMLError(f'yaml: unknown anchor \'{ev.anchor}\' referenced')
+                self._count(self.anchor_sizes.get(ev.anchor, 1))
                 root = self._add(stack, copy.deepcopy(self.anchors[ev.anchor]),
                                  ev.start_mark.line, root)
             elif t is ev_types.DocumentStartEvent:
@@ -242,6 +259,12 @@ class _Builder:
                 self.doc_index += 1
                 root = None
         return docs
+
+    def _count(self, n: int) -> None:
+        self.nodes += n
+        if self.nodes > MAX_NODES:
+            raise YAMLError(f"yaml: document expands to more than {MAX_NODES} values "
+                            "(alias expansion)")
 
     def _finish_doc(self, root: Any) -> Branch:
         if root is None:

@@ -47,7 +47,7 @@ from sops_enclave.formats import FORMATS, format_for_path
 
 __all__ = ["ManifestError", "Manifest", "OutputPlan", "InputRef", "EncryptSpec", "load_manifest",
            "DEFAULT_MANIFEST", "MANIFEST_VERSION", "RECEIPT_SUFFIX", "MAX_MANIFEST_BYTES",
-           "MAX_OUTPUTS"]
+           "MAX_OUTPUTS", "MAX_INPUTS_PER_OUTPUT"]
 
 DEFAULT_MANIFEST = ".sops-enclave.yaml"
 MANIFEST_VERSION = 1
@@ -58,6 +58,8 @@ RECEIPT_SUFFIX = ".receipt.json"
 MAX_MANIFEST_BYTES = 1 << 20
 #: Outputs after matrix expansion, summed over the manifest.
 MAX_OUTPUTS = 4096
+#: Inputs one output may merge.
+MAX_INPUTS_PER_OUTPUT = 256
 _MAX_YAML_ALIASES = 100
 _MAX_YAML_DEPTH = 32
 
@@ -523,9 +525,11 @@ class _Checker:
             if fmt not in FORMATS:
                 raise self.fail(f"{where}.format", f"unknown format {fmt!r}",
                                 hint=f"formats: {', '.join(FORMATS)}")
-        inputs = [self.parse_input(f"{where}.inputs[{j}]", v)
-                  for j, v in enumerate(self.seq(o["inputs"], f"{where}.inputs",
-                                                  non_empty=True))]
+        raw_inputs = self.seq(o["inputs"], f"{where}.inputs", non_empty=True)
+        if len(raw_inputs) > MAX_INPUTS_PER_OUTPUT:
+            raise self.fail(f"{where}.inputs", f"{len(raw_inputs)} inputs; at most "
+                            f"{MAX_INPUTS_PER_OUTPUT} per output")
+        inputs = [self.parse_input(f"{where}.inputs[{j}]", v) for j, v in enumerate(raw_inputs)]
         ew = f"{where}.encrypt"
         enc = self.mapping(o["encrypt"], ew, _ENCRYPT_KEYS)
         kms = [self.template(v, f"{ew}.kms[{k}]")

@@ -6,8 +6,6 @@ Everything here takes an explicit environment mapping so callers and tests decid
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 from typing import Mapping
 
 from sops_enclave.errors import SopsError
@@ -38,6 +36,9 @@ def age_identities(env: Mapping[str, str]) -> list:
             raise SopsError(f"failed to open file {path}: {e.strerror}") from None
     cmd = env.get("SOPS_AGE_KEY_CMD")
     if cmd:
+        import shlex
+        import subprocess
+
         try:
             p = subprocess.run(shlex.split(cmd), capture_output=True, env=dict(env), timeout=60)
         except (OSError, ValueError) as e:

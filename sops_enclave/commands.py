@@ -199,9 +199,23 @@ def _set_path(raw: str) -> list:
         raise InvalidSetFormat("Invalid set index format") from None
 
 
-def do_set(ctx) -> int:
+def _modify_in_place(ctx, data: bytes, path: str, change) -> int:
+    """Decrypt, apply ``change``, re-encrypt with the same key, replace the file atomically."""
     from sops_enclave import api
     from sops_enclave.fileio import write_atomic
+
+    out = api.modify_document(data, _fmt(ctx, path, "input_type"), change,
+                              out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
+                              ignore_mac=bool(ctx.get("ignore_mac")),
+                              decryption_order=ctx.decryption_order(),
+                              cfg=ctx.store_config(ctx.config(path)[0]))
+    if out is not None:
+        write_atomic(path, out)
+    return 0
+
+
+def do_set(ctx) -> int:
+    from sops_enclave import api
 
     data, path = _input(ctx)
     tree_path = _set_path(ctx.get("path"))
@@ -223,19 +237,11 @@ def do_set(ctx) -> int:
         changed = api.set_value(branches[0], tree_path, value)
         return changed or not idempotent
 
-    out = api.modify_document(data, _fmt(ctx, path, "input_type"), change,
-                              out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
-                              ignore_mac=bool(ctx.get("ignore_mac")),
-                              decryption_order=ctx.decryption_order(),
-                              cfg=ctx.store_config(ctx.config(path)[0]))
-    if out is not None:
-        write_atomic(path, out)
-    return 0
+    return _modify_in_place(ctx, data, path, change)
 
 
 def do_unset(ctx) -> int:
     from sops_enclave import api
-    from sops_enclave.fileio import write_atomic
 
     data, path = _input(ctx)
     tree_path = _set_path(ctx.get("path"))
@@ -249,14 +255,7 @@ def do_unset(ctx) -> int:
             raise
         return True
 
-    out = api.modify_document(data, _fmt(ctx, path, "input_type"), change,
-                              out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
-                              ignore_mac=bool(ctx.get("ignore_mac")),
-                              decryption_order=ctx.decryption_order(),
-                              cfg=ctx.store_config(ctx.config(path)[0]))
-    if out is not None:
-        write_atomic(path, out)
-    return 0
+    return _modify_in_place(ctx, data, path, change)
 
 
 def do_filestatus(ctx) -> int:

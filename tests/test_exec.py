@@ -184,19 +184,10 @@ def _pcr_args(dev):
 def test_changed_enclave_code_is_refused_by_kms(tmp_path, base_env, dev, kms, age_key,
                                                 enclave_bin):
     """Link 4: a different measurement gets no data key from the key policy."""
-    import shutil
-
-    import sops_enclave
-    import sops_enclave.enclave as prog
+    from sops_enclave.devtools.devstack import changed_code_copy
 
     repo, env = _make_repo(tmp_path, base_env, dev, kms, age_key, "gated")
-    copy = tmp_path / "code"
-    shutil.copytree(os.path.dirname(sops_enclave.__file__), copy / "sops_enclave",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(os.path.dirname(prog.__file__), copy / "sops_enclave" / "enclave",
-                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-    with open(copy / "sops_enclave" / "enclave" / "executor.py", "a") as f:
-        f.write("\n# a one-line change to the enclave program\n")
+    copy = changed_code_copy(tmp_path / "code")
     env2 = dict(env, PYTHONPATH=str(copy))
     p = run(enclave_bin + ["exec", "--repo", str(repo)], env2)
     assert p.returncode != 0

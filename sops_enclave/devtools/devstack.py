@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["DevStack", "up", "dev_pcrs"]
+__all__ = ["DevStack", "up", "dev_pcrs", "changed_code_copy"]
 
 
 def _free_port() -> int:
@@ -111,3 +111,18 @@ def up(port: int = 0) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def changed_code_copy(dest: Path) -> Path:
+    """A copy of the installed code (package and enclave program) with one changed line in the
+    enclave program: put it on PYTHONPATH and the dev enclave has another measurement."""
+    import sops_enclave
+    import sops_enclave.enclave as prog
+
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(os.path.dirname(sops_enclave.__file__), dest / "sops_enclave", ignore=ignore)
+    shutil.copytree(os.path.dirname(prog.__file__), dest / "sops_enclave" / "enclave",
+                    ignore=ignore, dirs_exist_ok=True)
+    with open(dest / "sops_enclave" / "enclave" / "executor.py", "a") as f:
+        f.write("\n# one changed line in the enclave program\n")
+    return dest

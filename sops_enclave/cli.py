@@ -557,3 +557,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug: say where, never the message (it could hold a value)
+        if verbose:
+            traceback.print_exc()
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" in {tb[-1].name} ({os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+        print(f"sops-enclave: internal error: {type(e).__name__}{where}; run with --verbose "
+              "for the traceback, and please report it", file=sys.stderr)
+        return 1

@@ -16,21 +16,12 @@ import pytest
 
 from conftest import run
 
-PCR0_KEY = "kms:RecipientAttestation:ImageSha384"
-
-
 def _policy(pcr0_hex: str) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "*"},
-         "Action": ["kms:Encrypt", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy",
-                    "kms:CreateAlias"], "Resource": "*"},
-        {"Sid": "EnclaveOnly", "Effect": "Allow", "Principal": {"AWS": "*"},
-         "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {PCR0_KEY: pcr0_hex}}},
-        {"Sid": "DenyWithoutAttestation", "Effect": "Deny", "Principal": {"AWS": "*"},
-         "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
-         "Condition": {"Null": {PCR0_KEY: "true"}}},
-    ]})
+    """The key policy `sops-enclave policy` generates: what the dev KMS enforces here."""
+    from sops_enclave.image.policy import key_policy
+
+    return json.dumps(key_policy(pcr0_hex, role_arn="arn:aws:iam::123456789012:role/ci-host",
+                                 admin_arns=["arn:aws:iam::123456789012:role/kms-admin"]))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def kms(dev):
     gated = c.create_key(Description="inputs, enclave only")["KeyMetadata"]["Arn"]
     c.put_key_policy(KeyId=gated, PolicyName="default", Policy=_policy(pcrs[0].hex()))
     wrong = c.create_key(Description="pinned to another image")["KeyMetadata"]["Arn"]
-    c.put_key_policy(KeyId=wrong, PolicyName="default", Policy=_policy("00" * 48))
+    c.put_key_policy(KeyId=wrong, PolicyName="default", Policy=_policy("ab" * 48))
     runtime = c.create_key(Description="outputs, for the runtime")["KeyMetadata"]["Arn"]
     return c, gated, wrong, runtime
 

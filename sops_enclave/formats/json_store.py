@@ -8,6 +8,7 @@ escaped as Go's ``json.Marshal`` does (HTML characters as ``\\u003c``...).
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -112,10 +113,14 @@ def _bad_const(name: str) -> Any:
 
 
 def _float(s: str) -> float:
-    return float(s)
+    v = float(s)
+    if math.isinf(v):
+        raise JSONError(f"json: cannot unmarshal number {s} into Go value of type float64")
+    return v
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=Branch, parse_int=_float, parse_constant=_bad_const)
+_DECODER = json.JSONDecoder(object_pairs_hook=Branch, parse_int=_float, parse_float=_float,
+                            parse_constant=_bad_const)
 
 
 def _go_json_message(e: json.JSONDecodeError, text: str) -> str:
@@ -165,7 +170,10 @@ def _go_repr(v: Any) -> str:
 
 def load_plain(data: bytes) -> list[Branch]:
     """Plaintext JSON -> one branch (only the first top-level value is read, as sops)."""
-    return [_load(data)]
+    try:
+        return [_load(data)]
+    except JSONError as e:
+        raise JSONError(f"Could not unmarshal input data: {e}") from None
 
 
 def load_encrypted(data: bytes) -> tuple[list[Branch], Any]:

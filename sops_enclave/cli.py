@@ -548,6 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sops-enclave``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
+    # One short-lived process building large acyclic trees: the cyclic GC only costs time
+    # (its passes grow with the heap), reference counting frees everything.
+    import gc
+
+    gc.disable()
     try:
         return _run(argv, dict(os.environ), os.getcwd())
     except SopsError as e:

@@ -23,7 +23,9 @@ from sops_enclave.tree import Comment, Timestamp
 
 __all__ = ["ValueCipher", "is_encrypted_value", "DecryptError"]
 
-_ENC_RE = re.compile(r"^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]", re.S)
+# sops' pattern is data:(.+),iv:(.+),... ; base64 never holds a comma, so [^,]* matches the
+# same valid strings without the polynomial backtracking of four greedy groups.
+_ENC_RE = re.compile(r"^ENC\[AES256_GCM,data:([^,]+),iv:([^,]+),tag:([^,]+),type:([^\]]+)\]")
 _BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
@@ -61,7 +63,10 @@ def _parse_plain(plaintext: bytes, typ: str) -> Any:
             return False
         raise DecryptError("could not parse bool")
     if typ == "time":
-        return Timestamp(plaintext.decode("utf-8"))
+        try:
+            return Timestamp(plaintext.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DecryptError("could not parse time") from None
     if typ == "comment":
         return Comment(plaintext.decode("utf-8", "surrogateescape"))
     if typ == "bytes":

@@ -345,9 +345,15 @@ def _scalar(node: yaml.ScalarNode) -> tuple[str, Any]:
 class _Decoder:
     """Decodes composed PyYAML nodes into plain values following a Go struct schema."""
 
+    #: interface{} values may nest this deep and expand (aliases included) to this many nodes.
+    MAX_DEPTH = 64
+    MAX_NODES = 100_000
+
     def __init__(self, stores_current: dict[str, Any]) -> None:
         self.terrors: list[str] = []
         self.stores_current = stores_current  # decoded in place over the defaults, as sops does
+        self.depth = 0
+        self.nodes = 0
 
     # -- errors
     def terror(self, node: yaml.Node, tag: str, go_type: str) -> None:
@@ -416,7 +422,19 @@ class _Decoder:
         return False, _UNSET
 
     def any(self, node: yaml.Node) -> tuple[bool, Any]:
-        """``interface{}``."""
+        """``interface{}`` (bounded: nesting depth and expanded size, aliases included)."""
+        self.nodes += 1
+        if self.nodes > self.MAX_NODES:
+            raise ConfigError(f"value expands to more than {self.MAX_NODES} nodes (aliases)")
+        if self.depth >= self.MAX_DEPTH:
+            raise ConfigError(f"value nested deeper than {self.MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return self._any(node)
+        finally:
+            self.depth -= 1
+
+    def _any(self, node: yaml.Node) -> tuple[bool, Any]:
         if isinstance(node, yaml.ScalarNode):
             return True, _scalar(node)[1]
         if isinstance(node, yaml.SequenceNode):
@@ -833,6 +851,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
         msg = next((go for py, go in _RE_ERRORS if e.msg.startswith(py)), e.msg)
         raise ConfigError(f"can not compile regexp: error parsing regexp: {msg}: "
                           f"`{pattern}`") from None
+    except (OverflowError, RecursionError, MemoryError):
+        raise ConfigError("can not compile regexp: error parsing regexp: expression too large "
+                          "or too deeply nested") from None
 
 
 @dataclass

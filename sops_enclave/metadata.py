@@ -88,12 +88,12 @@ def parse_time(s: str) -> _dt.datetime:
     frac = m.group(7) or ""
     micro = int((frac[1:] + "000000")[:6]) if frac else 0
     z = m.group(8)
-    if z in ("Z", "z"):
-        tz = _dt.timezone.utc
-    else:
-        sign = 1 if z[0] == "+" else -1
-        tz = _dt.timezone(sign * _dt.timedelta(hours=int(z[1:3]), minutes=int(z[4:6])))
     try:
+        if z in ("Z", "z"):
+            tz = _dt.timezone.utc
+        else:
+            sign = 1 if z[0] == "+" else -1
+            tz = _dt.timezone(sign * _dt.timedelta(hours=int(z[1:3]), minutes=int(z[4:6])))
         return _dt.datetime(y, mo, d, h, mi, se, micro, tzinfo=tz)
     except ValueError as e:
         raise SopsError(f'parsing time "{s}": {e}') from None

@@ -41,8 +41,8 @@ class CryptRule:
         if self.kind is not None and self.kind.endswith("regex"):
             try:
                 object.__setattr__(self, "_re", re.compile(self.value))
-            except re.error as e:
-                raise SopsError(f"invalid {self.kind} {self.value!r}: {e}") from None
+            except (re.error, OverflowError, RecursionError, MemoryError) as e:
+                raise SopsError(f"invalid {self.kind}: {type(e).__name__}: {e}"[:300]) from None
 
     def should_encrypt(self, path: list[str], stack: list[list[str]], is_comment: bool) -> bool:
         kind = self.kind

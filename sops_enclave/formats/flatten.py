@@ -145,6 +145,10 @@ def _atoi(s: str) -> int:
     return max(_INT64_MIN, min(_INT64_MAX, n))
 
 
+#: Flattened keys may nest at most this deep (unflattening recurses once per level).
+MAX_DEPTH = 64
+
+
 def tokenize(path: str) -> list[_Map | _List]:
     """Split a flattened key into map/list tokens (sops ``tokenize``)."""
     tokens: list[_Map | _List] = []
@@ -232,7 +236,10 @@ def unflatten(pairs: Iterable[tuple[Any, Any]]) -> Branch:
         if not isinstance(key, str):
             raise ValueError(f"Found non-string key {key!r} when unflattening")
         try:
-            _place(value, tokenize(key), root)
+            tokens = tokenize(key)
+            if len(tokens) > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            _place(value, tokens, root)
         except ValueError as e:
             raise ValueError(f"Error while unflattening {go_quote(key)}: {e}") from None
     try:

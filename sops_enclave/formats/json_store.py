@@ -14,7 +14,10 @@ from typing import Any
 
 from sops_enclave.errors import ErrorDumpingTree
 from sops_enclave.goformat import format_json_float
-from sops_enclave.tree import Branch, Comment, Timestamp
+from sops_enclave.tree import Branch, Comment, Timestamp, max_depth
+
+#: Documents nested deeper than this are refused (emission and the tree walks recurse).
+MAX_DEPTH = 256
 
 __all__ = ["load_plain", "load_encrypted", "emit_plain", "emit_encrypted", "emit_value",
            "JSONError", "encode_string"]
@@ -153,6 +156,8 @@ def _load(data: bytes) -> Branch:
         raise JSONError(_go_json_message(e, text)) from None
     except RecursionError:
         raise JSONError("exceeded max depth") from None
+    if max_depth(v, MAX_DEPTH) > MAX_DEPTH:
+        raise JSONError(f"nesting deeper than {MAX_DEPTH} levels")
     return v
 
 

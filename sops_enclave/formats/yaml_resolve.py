@@ -8,6 +8,7 @@ timestamps, and integers that only fit uint64 become :class:`GoUint` (which sops
 from __future__ import annotations
 
 import calendar
+import math
 import re
 
 from sops_enclave.tree import Timestamp
@@ -57,8 +58,8 @@ def parse_go_int(s: str) -> int | None:
         base, digits = 8, body[1:]
     else:
         base, digits = 10, body
-    if not _digits_ok(digits, base):
-        return None
+    if not _digits_ok(digits, base) or len(digits.lstrip("0")) > 64:
+        return None  # longer than any 64-bit value: Go's ParseInt/ParseUint fail too
     v = int(digits, base)
     if neg:
         v = -v
@@ -126,7 +127,9 @@ def resolve_plain(s: str) -> object:
             return v
         if _FLOAT_RE.match(plain):
             try:
-                return float(plain)
+                f = float(plain)
             except ValueError:
-                pass
+                return s
+            # Go's ParseFloat reports out-of-range values as an error: they stay strings.
+            return s if math.isinf(f) else f
     return s

@@ -208,10 +208,12 @@ class _Builder:
                         value = _tagged(tag, ev.value, ev.style)
                 else:
                     value = ev.value if tag is None or tag == "!" else _tagged(tag, ev.value, ev.style)
+                # Long strings weigh more, so aliasing one cannot amplify memory unnoticed.
+                weight = 1 + (len(value) >> 8 if isinstance(value, str) else 0)
                 if ev.anchor:
                     self.anchors[ev.anchor] = value
-                    self.anchor_sizes[ev.anchor] = 1
-                self._count(1)
+                    self.anchor_sizes[ev.anchor] = weight
+                self._count(weight)
                 root = self._add(stack, value, ev.start_mark.line, root)
             elif t is ev_types.MappingStartEvent or t is ev_types.SequenceStartEvent:
                 if len(stack) >= MAX_DEPTH:

@@ -305,7 +305,7 @@ def _parse_yaml(data: bytes | str, path: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = "; ".join(x.strip() for x in (e.context, e.problem) if x) or "invalid YAML"
         raise ManifestError(f"{path}: {where}{problem}") from None
-    except (yaml.YAMLError, RecursionError) as e:
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
         raise ManifestError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
 
 
@@ -343,7 +343,14 @@ def _type_name(v: Any) -> str:
     return f"a {type(v).__name__}"
 
 
+#: A rendered target, path or value longer than this is refused (placeholders multiply text).
+MAX_RENDERED = 4096
+
+
 def _render(t: _Template, binding: dict[str, str]) -> str:
+    size = sum(len(binding[s]) if is_var else len(s) for is_var, s in t)
+    if size > MAX_RENDERED:
+        raise ManifestError(f"a value renders to {size} characters; at most {MAX_RENDERED}")
     return "".join(binding[s] if is_var else s for is_var, s in t)
 
 

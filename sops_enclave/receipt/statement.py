@@ -264,6 +264,8 @@ def loads_strict_json(raw: bytes) -> Any:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=bad_constant)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o077)
         try:
-            sock.bind(args.unix)
+            # Bind and listen under a temporary name, then rename: the path appears only when
+            # a connection can already be accepted (no refused connections at start-up).
+            tmp = args.unix + ".starting"
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            sock.bind(tmp)
+            sock.listen(4)
+            os.rename(tmp, args.unix)
         finally:
             os.umask(old)
     else:

@@ -28,3 +28,6 @@ clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
 
 include Makefile.reproduce
+
+fuzz: $(STAMP)
+	bash fuzz/run.sh $(or $(FUZZ_SECONDS),60)

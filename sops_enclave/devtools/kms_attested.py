@@ -66,6 +66,7 @@ import argparse
 import base64
 import binascii
 import fnmatch
+import hashlib
 import http.client
 import json
 import signal
@@ -296,6 +297,7 @@ class AttestedKMS:
         self.timeout = timeout
         self.verbose = verbose
         self._lock = threading.Lock()
+        self._verified: dict[bytes, AttestationDocument] = {}
         self._requests: Counter[str] = Counter()
         self._denied: Counter[str] = Counter()
         self._server: _Server | None = None
@@ -429,12 +431,21 @@ class AttestedKMS:
             raise _Refusal("ValidationException",
                            f"Recipient.AttestationDocument must be 1..{MAX_ATTESTATION_DOCUMENT}"
                            " bytes")
-        try:
-            doc = verify_attestation(raw, root_fingerprint=self.trusted_roots, at="now",
-                                     allow_debug=self.allow_debug)
-        except AttestationError as e:
-            raise _Refusal("AccessDeniedException",
-                           f"the attestation document was rejected: {e}") from None
+        # A document is verified once (signature and chain); an enclave sends the same one with
+        # each of its calls. Its age is still checked on every use below.
+        digest = hashlib.sha256(raw).digest()
+        doc = self._verified.get(digest)
+        if doc is None:
+            try:
+                doc = verify_attestation(raw, root_fingerprint=self.trusted_roots, at="now",
+                                         allow_debug=self.allow_debug)
+            except AttestationError as e:
+                raise _Refusal("AccessDeniedException",
+                               f"the attestation document was rejected: {e}") from None
+            with self._lock:
+                if len(self._verified) > 1024:
+                    self._verified.clear()
+                self._verified[digest] = doc
         age = time.time() - doc.timestamp_ms / 1000
         if self.max_age is not None and age > self.max_age:
             raise _Refusal("AccessDeniedException",

@@ -163,8 +163,14 @@ def _decrypt_input(path: str, blob: bytes, keys: EnclaveKeys) -> tuple[list[Bran
         raise PackError(f"{path}: {first}" + (f" ({reasons})" if reasons else ""),
                         exit_code=e.exit_code) from None
     cipher = ValueCipher(key)
-    plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
-    stored = cipher.decrypt(md.mac, md.mac_aad()) if md.mac else ""
+    try:
+        plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    except SopsError as e:
+        raise PackError(f"{path}: {e.message}", exit_code=e.exit_code) from None
+    try:
+        stored = cipher.decrypt(md.mac, md.mac_aad()) if md.mac else ""
+    except SopsError as e:
+        raise PackError(f"{path}: Cannot decrypt MAC: {e.message}", exit_code=51) from None
     import hmac
 
     if not md.mac or not hmac.compare_digest(str(stored).encode(), computed.encode()):

@@ -408,3 +408,20 @@ def test_host_cannot_hide_an_optional_input(tmp_path, base_env, dev, kms, age_ke
     del objs[api_tree]
     resp = _send(tmp_path, req, env)
     assert resp["ok"] is False, resp
+
+
+def test_input_with_bad_mac_is_refused(tmp_path, base_env, dev, kms, age_key, enclave_bin):
+    """The enclave verifies every input's MAC (there is no --ignore-mac inside)."""
+    import re
+
+    repo, env = _make_repo(tmp_path, base_env, dev, kms, age_key, "gated")
+    f = repo / "secrets" / "common.enc.yaml"
+    data = f.read_bytes()
+    # Re-date the file: the MAC's associated data changes, so the stored MAC no longer opens.
+    f.write_bytes(re.sub(rb'lastmodified: "[^"]+"', b'lastmodified: "2001-01-01T00:00:00Z"',
+                         data))
+    _git(repo, "commit", "-q", "-am", "tampered metadata")
+    p = run(enclave_bin + ["exec", "--repo", str(repo)], env)
+    assert p.returncode != 0 and b"secrets/common.enc.yaml" in p.stderr, p.stderr
+    assert b"Traceback" not in p.stderr
+    _no_outputs(repo)

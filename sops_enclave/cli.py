@@ -544,6 +544,14 @@ def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
     return cmds.do_edit(ctx)
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sops-enclave``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -551,8 +559,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One short-lived process building large acyclic trees: the cyclic GC only costs time
     # (its passes grow with the heap), reference counting frees everything.
     import gc
+    import signal
 
     gc.disable()
+    # SIGTERM unwinds like Ctrl+C, so temporary files are removed, children are stopped and
+    # no output is left half-written.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _run(argv, dict(os.environ), os.getcwd())
     except SopsError as e:
@@ -563,6 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("Terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug: say where, never the message (it could hold a value)

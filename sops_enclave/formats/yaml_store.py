@@ -96,7 +96,7 @@ def _short_of(v: Any) -> str:
 
 class _Frame:
     __slots__ = ("node", "is_map", "indent", "key", "key_line", "key_index", "anchor",
-                 "has_key", "start_line", "start_nodes")
+                 "has_key", "start_line", "start_nodes", "seen")
 
     def __init__(self, node: Any, is_map: bool, indent: int, anchor: str | None, line: int):
         self.node = node
@@ -108,6 +108,7 @@ class _Frame:
         self.key_line = -1
         self.key_index = 0
         self.start_line = line
+        self.seen: set | None = None
 
 
 class _Builder:
@@ -294,7 +295,7 @@ class _Builder:
                                     "are not supported")
                 self._flush_into(top.node)
                 if self.check_dupes and self.doc_index == 0:
-                    self._check_dupe(top.node, value, line)
+                    self._check_dupe(top, value, line)
                 top.key = value
                 top.key_line = line
                 top.key_index = len(top.node)
@@ -312,11 +313,14 @@ class _Builder:
             top.node.append(value)
         return root
 
-    def _check_dupe(self, br: Branch, key: Any, line: int) -> None:
-        for k, _ in br:
-            if not isinstance(k, Comment) and k == key and type(k) is type(key):
-                raise YAMLError(f'yaml: unmarshal errors:\n  line {line + 1}: mapping key '
-                                f'"{key}" already defined')
+    def _check_dupe(self, frame: _Frame, key: Any, line: int) -> None:
+        if frame.seen is None:
+            frame.seen = set()
+        marker = (type(key), key)
+        if marker in frame.seen:
+            raise YAMLError(f'yaml: unmarshal errors:\n  line {line + 1}: mapping key '
+                            f'"{key}" already defined')
+        frame.seen.add(marker)
 
 
 def _parse(data: bytes, check_dupes: bool) -> list[Branch]:

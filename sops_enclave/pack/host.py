@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from sops_enclave.errors import CouldNotWriteOutputFile, SopsError
-from sops_enclave.rpc import PROTOCOL_VERSION, recv_frame, send_frame
+from sops_enclave.rpc import PROTOCOL_VERSION, FrameError, recv_frame, send_frame
 
 __all__ = ["ExecOptions", "plan_at_commit", "build_request", "run_exec", "write_all_atomically",
            "EnclaveError", "start_dev_enclave"]
@@ -143,20 +143,37 @@ def _dev_age_identities(env: Mapping[str, str]) -> str:
 
 
 def start_dev_enclave(workdir: str, env: Mapping[str, str]) -> tuple[subprocess.Popen, str]:
-    """The dev enclave: the same enclave program as a local process, with the software NSM."""
+    """The dev enclave: the same enclave program as a local process, with the software NSM.
+
+    Its stderr goes to ``enclave.log`` in ``workdir`` (never the user's terminal)."""
     path = os.path.join(workdir, "enclave.sock")
+    if len(path.encode()) + len(".starting") > 100:  # AF_UNIX paths are limited to 108 bytes
+        sockdir = tempfile.mkdtemp(prefix="se-", dir="/tmp")
+        path = os.path.join(sockdir, "enclave.sock")
     child_env = {k: v for k, v in env.items()
                  if not k.startswith(("AWS_", "SOPS_AGE", "GNUPG"))}
     # cwd is the private work dir, so the enclave never imports code from the caller's cwd.
+    log = open(os.path.join(workdir, "enclave.log"), "wb")
     proc = subprocess.Popen([sys.executable, "-m", "sops_enclave.enclave.app", "--unix", path,
-                             "--dev"], env=child_env, stdin=subprocess.DEVNULL, cwd=workdir)
+                             "--dev"], env=child_env, stdin=subprocess.DEVNULL, cwd=workdir,
+                            stdout=log, stderr=log)
+    log.close()
     deadline = time.time() + 30
     while not os.path.exists(path):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            raise EnclaveError("the dev enclave did not start")
+            raise EnclaveError("the dev enclave did not start: " + _last_line(workdir))
         time.sleep(0.02)
     return proc, path
+
+
+def _last_line(workdir: str) -> str:
+    try:
+        with open(os.path.join(workdir, "enclave.log"), "rb") as f:
+            lines = f.read().decode(errors="replace").strip().splitlines()
+        return lines[-1][:300] if lines else "no message"
+    except OSError:
+        return "no message"
 
 
 def _connect(spec: str, dev_socket: str | None) -> socket.socket:
@@ -202,6 +219,12 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
             with _connect(opts.enclave, sock_path) as s:
                 send_frame(s, req)
                 resp = recv_frame(s)
+        except (FrameError, OSError) as e:
+            code = proc.poll() if proc is not None else None
+            who = "the dev enclave" if dev else "the enclave"
+            state = f" (it exited with status {code})" if code is not None else ""
+            raise EnclaveError(f"{who} went away before answering{state}: "
+                               f"{getattr(e, 'message', None) or e}") from None
         finally:
             if proc is not None:
                 proc.terminate()

@@ -306,7 +306,10 @@ def _parse_yaml(data: bytes | str, path: str) -> Any:
         problem = "; ".join(x.strip() for x in (e.context, e.problem) if x) or "invalid YAML"
         raise ManifestError(f"{path}: {where}{problem}") from None
     except (yaml.YAMLError, RecursionError, ValueError) as e:
-        raise ManifestError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise ManifestError(f"{path}: invalid YAML: {(str(e).splitlines() or ['?'])[0]}") from None
+    except (AttributeError, KeyError, IndexError, TypeError):
+        # PyYAML's constructors fail this way on explicit tags they cannot build (!!bool x).
+        raise ManifestError(f"{path}: invalid YAML: a tagged value cannot be read") from None
 
 
 # ----------------------------------------------------------------------------- checks

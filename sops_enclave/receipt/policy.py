@@ -81,6 +81,8 @@ class ReceiptPolicy:
             data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as e:
             raise ValueError(f"not valid YAML: {e}") from None
+        except (AttributeError, KeyError, IndexError, TypeError, RecursionError):
+            raise ValueError("not valid YAML: a tagged value cannot be read") from None
         if not isinstance(data, dict):
             raise ValueError("a policy file must be a mapping")
         unknown = sorted(str(k) for k in set(data) - _KEYS)

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Fuzz target `dotenv_store`: sops_enclave.formats.dotenv load_encrypted/load_plain -> only ValueError/SopsError; emit_plain of what load_plain accepted -> no exception.
+
+Run: `python fuzz/fuzz_dotenv_store.py --seconds 60` (atheris when installed, else a Hypothesis loop;
+see fuzz/README.md). The contract itself is `fuzzlib.TARGETS["dotenv_store"]`.
+"""
+
+from _harness import main
+
+if __name__ == "__main__":
+    main("dotenv_store")

@@ -12,7 +12,6 @@ import argparse
 import os
 import signal
 import socket
-import sys
 import threading
 
 from sops_enclave.rpc import error_frame, recv_frame, send_frame

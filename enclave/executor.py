@@ -12,7 +12,7 @@ import datetime as _dt
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from cryptography.hazmat.primitives import serialization

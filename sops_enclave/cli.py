@@ -383,7 +383,7 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
 
 
 def _entry_from_spec(spec: Any):
-    from sops_enclave.metadata import AgeEntry, KMSEntry, OtherEntry, PGPEntry
+    from sops_enclave.metadata import AgeEntry, KMSEntry, PGPEntry
 
     kind = type(spec).__name__
     if kind == "AgeKeySpec":

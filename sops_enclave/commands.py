@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from sops_enclave.errors import (ConflictingParameters, FileHasNotBeenModified,
-                                 InvalidSetFormat, NoEditorFound, NoFileSpecified, SopsError)
+                                 InvalidSetFormat, NoEditorFound, SopsError)
 from sops_enclave.tree import Branch, Comment
 
 __all__ = ["PARSERS", "HANDLERS"]
@@ -592,7 +592,7 @@ def do_updatekeys(ctx) -> int:
             if old == new and (threshold is None or threshold == md.shamir_threshold):
                 print(f"File {f} already up to date", file=sys.stderr)
                 continue
-            print(f"The following changes will be made to the file's groups:\n  was: " +
+            print("The following changes will be made to the file's groups:\n  was: " +
                   "\n       ".join(_describe(md.key_groups)) + "\n  now: " +
                   "\n       ".join(_describe(groups)), file=sys.stderr)
             if not ctx.get("yes"):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from sops_enclave.keys.groups import parse_decryption_order as decryption_order
-from sops_enclave.errors import (ConfigError, DuplicateDecryptionKeyType,
+from sops_enclave.errors import (ConfigError,
                                  InvalidEncryptionContext, SopsError)
 from sops_enclave.formats.yaml_resolve import GoUint, resolve_plain, timestamp_text
 from sops_enclave.tree import Timestamp

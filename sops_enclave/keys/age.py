@@ -12,14 +12,28 @@ __all__ = ["parse_recipient", "parse_identities", "wrap", "unwrap"]
 
 
 def parse_recipient(s: str):
-    s = s.strip()
-    try:
-        if s.startswith("ssh-"):
-            return pyrage.ssh.Recipient.from_str(s)
-        return pyrage.x25519.Recipient.from_str(s)
-    except Exception as e:  # pyrage raises RecipientError or ValueError
-        raise SopsError(f"could not parse age recipient {s!r}: failed to parse input as "
-                        f"Bech32-encoded age public key: {e}") from None
+    """A pyrage recipient for an ``age1...`` or ``ssh-...`` string, with sops' error text."""
+    r = s.strip()
+    if r.startswith("age1"):
+        try:
+            return pyrage.x25519.Recipient.from_str(r)
+        except Exception:
+            raise SopsError("failed to parse input as Bech32-encoded age public key: "
+                            f"malformed recipient {_quoted(r)}") from None
+    if r.startswith("ssh-"):
+        try:
+            return pyrage.ssh.Recipient.from_str(r)
+        except Exception:
+            raise SopsError("failed to parse input as age-ssh public key: malformed SSH "
+                            f"recipient: {_quoted(r)}") from None
+    raise SopsError(f"failed to parse input, unknown recipient type: {_quoted(r)}")
+
+
+def _quoted(r: str) -> str:
+    """Go's %q of the recipient (only on the error path, so the config module loads lazily)."""
+    from sops_enclave.config import _go_quote
+
+    return _go_quote(r)
 
 
 def parse_identities(text: str, source: str) -> list:

@@ -727,19 +727,14 @@ def test_exec_file_child_killed_removes_temporary(fifo, tmp_path, tmpdir_env, ag
     assert list(tmpdir.iterdir()) == [], "the temporary outlived the killed child"
 
 
-@pytest.mark.parametrize("fifo", [True, False], ids=["fifo", "no-fifo"])
-def test_exec_file_sigterm_removes_temporary(fifo, tmp_path, tmpdir_env, age_file):
-    """SIGTERM to sops-enclave itself while the command runs."""
-    tmpdir, env = tmpdir_env
-    f, _ = age_file
-    info, pidf = tmp_path / "info", tmp_path / "pid"
-    cmd = f'T={{}}; {_stat_script(info)}; echo $$ > {pidf}; exec sleep 30'
-    proc = subprocess.Popen(SE + ["exec-file", *([] if fifo else ["--no-fifo"]), str(f), cmd],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
+def _sigterm_and_collect(proc, info, pidf, tmpdir, what: str) -> tuple[list[str], list[str]]:
+    """Wait until the child recorded itself, SIGTERM sops-enclave, and return what is left in
+    ``tmpdir`` and which of it holds the canary; always removes it and stops the child."""
+    left: list[str] = []
+    plain: list[str] = []
     try:
         _wait_for(info, "the stat record", proc=proc)
-        _wait_for(pidf, "the child's pid file", proc=proc)
+        _wait_for(pidf, what, proc=proc)
         proc.terminate()
         proc.wait(30)
         time.sleep(0.2)
@@ -753,6 +748,20 @@ def test_exec_file_sigterm_removes_temporary(fifo, tmp_path, tmpdir_env, age_fil
             _kill_pid(int(pidf.read_text()))
         for p in sorted(tmpdir.rglob("*"), reverse=True):  # do not leave plaintext behind
             p.rmdir() if p.is_dir() else p.unlink()
+    return left, plain
+
+
+@pytest.mark.parametrize("fifo", [True, False], ids=["fifo", "no-fifo"])
+def test_exec_file_sigterm_removes_temporary(fifo, tmp_path, tmpdir_env, age_file):
+    """SIGTERM to sops-enclave itself while the command runs."""
+    tmpdir, env = tmpdir_env
+    f, _ = age_file
+    info, pidf = tmp_path / "info", tmp_path / "pid"
+    cmd = f'T={{}}; {_stat_script(info)}; echo $$ > {pidf}; exec sleep 30'
+    proc = subprocess.Popen(SE + ["exec-file", *([] if fifo else ["--no-fifo"]), str(f), cmd],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    left, plain = _sigterm_and_collect(proc, info, pidf, tmpdir, "the child's pid file")
     if left:
         raise Leftover(f"left after SIGTERM: {left}; holding plaintext: {plain}")
 
@@ -843,22 +852,7 @@ def test_edit_sigterm_removes_temporary(tmp_path, tmpdir_env, age_file):
     proc = subprocess.Popen(SE + ["edit", str(f)], env=dict(env, SOPS_EDITOR=editor),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
-    try:
-        _wait_for(info, "the stat record", proc=proc)
-        _wait_for(pidf, "the editor's pid file", proc=proc)
-        proc.terminate()
-        proc.wait(30)
-        time.sleep(0.2)
-        left = [str(p) for p in tmpdir.rglob("*")]
-        plain = [p for p in left if Path(p).is_file() and CANARY.encode() in Path(p).read_bytes()]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if pidf.exists():
-            _kill_pid(int(pidf.read_text()))
-        for p in sorted(tmpdir.rglob("*"), reverse=True):
-            p.rmdir() if p.is_dir() else p.unlink()
+    left, plain = _sigterm_and_collect(proc, info, pidf, tmpdir, "the editor's pid file")
     assert f.read_bytes() == before
     if left:
         raise Leftover(f"left after SIGTERM: {left}; holding plaintext: {plain}")

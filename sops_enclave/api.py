@@ -73,18 +73,6 @@ def _emit(store, fn: str, fmt: str, cfg: StoreConfig, *args) -> bytes:
     return f(*args) if indent is None else f(*args, indent=indent)
 
 
-#: Documents nested deeper than this are refused (the tree walks are recursive).
-MAX_DEPTH = 256
-
-
-def _check_depth(branches: list[Branch], what: str) -> None:
-    from sops_enclave.tree import max_depth
-
-    for b in branches:
-        if max_depth(b, MAX_DEPTH) > MAX_DEPTH:
-            raise SopsError(f"{what}: nesting deeper than {MAX_DEPTH} levels")
-
-
 def load_encrypted(data: bytes, fmt: str) -> tuple[list[Branch], Metadata]:
     store = get_store(fmt)
     kind = {"binary": "json"}.get(fmt, fmt)
@@ -94,7 +82,6 @@ def load_encrypted(data: bytes, fmt: str) -> tuple[list[Branch], Metadata]:
         raise
     except (ValueError, RecursionError) as e:
         raise SopsError(f"Error unmarshalling input {kind}: {e}") from None
-    _check_depth(branches, f"Error unmarshalling input {kind}")
     if raw is None:
         raise MetadataNotFound()
     return branches, parse_metadata(raw)
@@ -235,10 +222,6 @@ def encrypt_document(data: bytes, in_fmt: str, out_fmt: str, opts: EncryptOption
         raise
     except (ValueError, RecursionError) as e:
         raise CouldNotReadInputFile(f"Error unmarshalling file: {e}") from None
-    try:
-        _check_depth(branches, "Error unmarshalling file")
-    except SopsError as e:
-        raise CouldNotReadInputFile(e.message) from None
     if not branches:
         raise NeedAtLeastOneDocument("File cannot be completely empty, it must contain at least "
                                      "one document")

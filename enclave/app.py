@@ -48,7 +48,7 @@ def _kms_factory(request: dict, dev: bool):
     return factory
 
 
-def _handle(conn: socket.socket, nsm, dev: bool) -> None:
+def _handle(conn: socket.socket, nsm, dev: bool, policy=None) -> None:
     from sops_enclave.enclave.executor import run_pack
 
     try:
@@ -60,7 +60,8 @@ def _handle(conn: socket.socket, nsm, dev: bool) -> None:
             from sops_enclave.keys.age import parse_identities
 
             ids = parse_identities(req["dev_age_identities"], "the dev request")
-        resp = run_pack(req, nsm, _kms_factory(req, dev), dev=dev, age_identities=ids)
+        resp = run_pack(req, nsm, _kms_factory(req, dev), dev=dev, age_identities=ids,
+                        policy=policy)
     except Exception as e:  # every failure becomes one error frame, never a traceback
         resp = error_frame(e)
     try:
@@ -69,14 +70,39 @@ def _handle(conn: socket.socket, nsm, dev: bool) -> None:
         pass
 
 
-def serve(sock: socket.socket, nsm, dev: bool, once: bool = False) -> None:
+def serve(sock: socket.socket, nsm, dev: bool, once: bool = False, policy=None) -> None:
     sock.listen(4)
     while True:
         conn, _ = sock.accept()
         with conn:
-            _handle(conn, nsm, dev)
+            _handle(conn, nsm, dev, policy)
         if once:
             return
+
+
+def _load_policy(path: str | None, dev: bool):
+    """``(EnclavePolicy or None, its bytes or None)``. On Nitro the policy is the measured
+    file in the image (bundle path ``enclave-policy.yaml`` beside the package) and is
+    required; the dev enclave may run without one (an unrestricted run)."""
+    from pathlib import Path
+
+    from sops_enclave.pack.enclave_policy import BUNDLE_PATH, load_enclave_policy
+
+    if path is None and not dev:
+        import sops_enclave
+
+        path = str(Path(sops_enclave.__file__).resolve().parent.parent / BUNDLE_PATH)
+    if path is None:
+        return None, None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SystemExit(f"sops-enclave-app: enclave policy {path}: {e.strerror or e}")
+    try:
+        return load_enclave_policy(raw, path), raw
+    except Exception as e:
+        raise SystemExit(f"sops-enclave-app: {getattr(e, 'message', e)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--vsock", metavar="PORT", type=int, help="listen on vsock (Nitro)")
     ap.add_argument("--dev", action="store_true", help="use the software NSM (dev enclave)")
     ap.add_argument("--dev-ca-dir", help="directory of the dev CA (software NSM)")
+    ap.add_argument("--enclave-policy", metavar="FILE",
+                    help="the enclave policy (dev: covered by the dev measurement; default "
+                         "on Nitro: the measured one in the image)")
     args = ap.parse_args(argv)
+    policy, raw = _load_policy(args.enclave_policy, args.dev)
     if args.dev:
-        from sops_enclave.devtools.nsm_soft import SoftNSM
+        from sops_enclave.devtools.nsm_soft import SoftNSM, measure_bundle, policy_bundle
 
-        nsm = SoftNSM(ca_dir=args.dev_ca_dir)
+        nsm = SoftNSM(ca_dir=args.dev_ca_dir, pcrs=measure_bundle(policy_bundle(raw)))
     else:
         from sops_enclave.enclave.nsm import NitroNSM  # type: ignore[import-not-found]
 
@@ -121,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     # Stop at once, threads and in-flight KMS calls included; nothing to clean up but memory.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     try:
-        serve(sock, nsm, args.dev)
+        serve(sock, nsm, args.dev, policy=policy)
     finally:
         if args.unix:
             try:

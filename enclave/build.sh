@@ -14,6 +14,9 @@
 #      versions). Feed PCR0 (and PCR1/PCR2) to `sops-enclave policy`.
 #
 # Options:
+#   --enclave-policy FILE the enclave policy (required): which commit signers, output
+#                         recipients and input KMS keys the enclave accepts. Measured into
+#                         the image (it changes PCR0), see docs/enclave-policy.md.
 #   --region R            KMS region the enclave may reach (repeatable, or comma-separated;
 #                         default: $SOPS_ENCLAVE_KMS_REGIONS). Part of the measurement.
 #   --source-date-epoch N mtime for everything the build writes (default: $SOURCE_DATE_EPOCH,
@@ -39,6 +42,7 @@ TAG=""
 NO_CACHE=""
 CHECK=0
 EXPLICIT_REGIONS=""
+POLICY=""
 
 die() { echo "build.sh: $1" >&2; exit "${2:-1}"; }
 
@@ -49,6 +53,9 @@ while [ $# -gt 0 ]; do
         --region=*) EXPLICIT_REGIONS="${EXPLICIT_REGIONS:+$EXPLICIT_REGIONS,}${1#*=}"; shift ;;
         --source-date-epoch) [ $# -ge 2 ] || die "--source-date-epoch needs a value" 2
                   SDE="$2"; shift 2 ;;
+        --enclave-policy) [ $# -ge 2 ] || die "--enclave-policy needs a file" 2
+                  POLICY="$2"; shift 2 ;;
+        --enclave-policy=*) POLICY="${1#*=}"; shift ;;
         --tag) [ $# -ge 2 ] || die "--tag needs a value" 2; TAG="$2"; shift 2 ;;
         --out) [ $# -ge 2 ] || die "--out needs a value" 2; OUT="$2"; shift 2 ;;
         --no-cache) NO_CACHE="--no-cache"; shift ;;
@@ -58,6 +65,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$EXPLICIT_REGIONS" ] && REGIONS="$EXPLICIT_REGIONS"
+[ -n "$POLICY" ] || die "--enclave-policy FILE is required: a Nitro image cannot be built without an enclave policy (see docs/enclave-policy.md). Nothing was built." 2
+[ -f "$POLICY" ] || die "--enclave-policy $POLICY: no such file" 2
+POLICY="$(cd "$(dirname "$POLICY")" && pwd)/$(basename "$POLICY")"
 REGIONS="$(printf '%s' "$REGIONS" | tr -d ' ')"
 [ -n "$REGIONS" ] || die "no KMS region: pass --region REGION (e.g. --region eu-west-1) or set SOPS_ENCLAVE_KMS_REGIONS; the region is part of the measurement" 2
 case "$SDE" in ''|*[!0-9]*) die "SOURCE_DATE_EPOCH must be a non-negative integer, not '$SDE'" 2 ;; esac
@@ -77,7 +87,8 @@ export SOURCE_DATE_EPOCH="$SDE"
 # --- 1. the bundle ---------------------------------------------------------------------------
 # Run the checkout's own bundle.py against the checkout's own sources.
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$ROOT/enclave/bundle.py" \
-    --root "$ROOT" --output "$OUT/sops-enclave-bundle.tar" --json > "$OUT/bundle.json"
+    --root "$ROOT" --output "$OUT/sops-enclave-bundle.tar" --enclave-policy "$POLICY" \
+    --json > "$OUT/bundle.json"
 BUNDLE_SHA="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$OUT/bundle.json")"
 echo "bundle sha256 $BUNDLE_SHA"
 [ -n "$TAG" ] || TAG="sops-enclave:${BUNDLE_SHA:0:16}"

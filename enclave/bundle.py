@@ -203,11 +203,13 @@ class BundleInfo:
     sha256: str
     mtime: int
     dev_pcrs: dict[int, str]
+    enclave_policy_sha256: str | None = None
 
     def to_json(self) -> dict:
         return {"path": self.path, "files": self.files, "size": self.size,
                 "sha256": self.sha256, "mtime": self.mtime,
-                "dev_pcrs": {str(k): v for k, v in sorted(self.dev_pcrs.items())}}
+                "dev_pcrs": {str(k): v for k, v in sorted(self.dev_pcrs.items())},
+                "enclave_policy_sha256": self.enclave_policy_sha256}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -226,13 +228,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def build(root: str | Path | None = None, output: str | Path | None = None,
-          mtime: int | None = None) -> BundleInfo:
-    """Write the bundle archive; return its digest and the dev measurement."""
+          mtime: int | None = None, enclave_policy: bytes | None = None) -> BundleInfo:
+    """Write the bundle archive; return its digest and the dev measurement.
+
+    ``enclave_policy``: the enclave policy file's bytes, stored at ``enclave-policy.yaml``
+    (checked first: a policy that does not load is an error). A bundle for a Nitro image must
+    have one (``enclave/build.sh`` refuses to build without); without it the bundle is the
+    code alone (``make reproduce``)."""
     from sops_enclave.devtools.nsm_soft import measure_bundle
+    from sops_enclave.pack.enclave_policy import BUNDLE_PATH, load_enclave_policy
 
     if root is None:
         root = default_root()
     files = bundle_files(root)
+    policy_sha = None
+    if enclave_policy is not None:
+        try:
+            policy_sha = load_enclave_policy(enclave_policy).sha256
+        except Exception as e:
+            raise BundleError(f"enclave policy: {getattr(e, 'message', e)}") from None
+        files[BUNDLE_PATH] = enclave_policy
     if not files:
         raise BundleError("the bundle is empty")
     if mtime is None:
@@ -248,7 +263,7 @@ def build(root: str | Path | None = None, output: str | Path | None = None,
     _write_atomic(output, data)
     pcrs = measure_bundle(files)
     return BundleInfo(str(output), len(files), len(data), hashlib.sha256(data).hexdigest(),
-                      mtime, {i: v.hex() for i, v in pcrs.items()})
+                      mtime, {i: v.hex() for i, v in pcrs.items()}, policy_sha)
 
 
 def _dirty(root: Path) -> list[str]:
@@ -269,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", help=f"archive path (default: ROOT/build/{BUNDLE_NAME})")
     ap.add_argument("--mtime", type=int,
                     help="mtime of every entry (default: $SOURCE_DATE_EPOCH, else 0)")
+    ap.add_argument("--enclave-policy", metavar="FILE",
+                    help="the enclave policy to measure into the bundle (required for an image)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--expect-sha256", metavar="HEX", help="exit 1 unless the archive has it")
     args = ap.parse_args(argv)
     try:
-        info = build(args.root, args.output, args.mtime)
+        policy = None
+        if args.enclave_policy:
+            with open(args.enclave_policy, "rb") as f:
+                policy = f.read()
+        info = build(args.root, args.output, args.mtime, enclave_policy=policy)
     except (BundleError, ValueError, OSError) as e:
         print(f"bundle: {e}", file=sys.stderr)
         return 2
@@ -293,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bytes     {info.size}")
         print(f"mtime     {info.mtime}")
         print(f"sha256    {info.sha256}")
+        print(f"policy    {info.enclave_policy_sha256 or 'none (not for an image)'}")
         for i, v in sorted(info.dev_pcrs.items()):
             print(f"dev PCR{i}  {v}")
     if args.expect_sha256 and args.expect_sha256.lower() != info.sha256:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
+import hmac
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sops_enclave.formats import format_for_path, get_store
 from sops_enclave.keys.groups import get_data_key, protect_data_key
 from sops_enclave.merge import deep_merge
 from sops_enclave.metadata import AgeEntry, KMSEntry, Metadata, parse_metadata
+from sops_enclave.pack.enclave_policy import DEFAULT_MANIFEST_PATH, EnclavePolicy
 from sops_enclave.tree import Branch
 from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree
 
@@ -51,23 +53,37 @@ class EnclaveKeys:
     """
 
     def __init__(self, kms_client_factory: Callable[[str], Any], nsm, *,
-                 age_identities: Sequence = (), dev: bool = False):
+                 age_identities: Sequence = (), dev: bool = False,
+                 policy: EnclavePolicy | None = None):
         self._kms = kms_client_factory
         self._nsm = nsm
         self._age = list(age_identities)
         self.dev = dev
+        self.policy = policy
+        #: What actually unwrapped the data key of the input being opened (see :meth:`opening`).
+        self.used: list[KMSCall | str] = []
         self._rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pub = self._rsa.public_key().public_bytes(serialization.Encoding.DER,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
         self.kms_attestation = nsm.attest(public_key=pub)
-        self._cache: dict[tuple[str, str], bytes] = {}
+        self._cache: dict[tuple[str, str], tuple[bytes, KMSCall]] = {}
         self._lock = threading.Lock()
         self.calls: list[KMSCall] = []
         self.sources: dict[str, str] = {}
 
-    def _kms_decrypt(self, e: KMSEntry) -> bytes:
+    def input_kms_allowed(self, arn: str) -> bool:
+        """May a data key come from this KMS key? (Always, in an unrestricted dev run.)"""
+        return self.policy is None or self.policy.input_kms_allowed(arn)
+
+    def host_age_allowed(self) -> bool:
+        return self.dev and bool(self._age) and (self.policy is None
+                                                 or self.policy.allow_host_age)
+
+    def _kms_decrypt(self, e: KMSEntry) -> tuple[bytes, KMSCall]:
         from sops_enclave.cms import open_ciphertext_for_recipient
 
+        if not self.input_kms_allowed(e.arn):  # never reached for a listed key
+            raise KeyMismatch(f"{e.arn} is not an input key of the enclave policy")
         client = self._kms(e.arn)
         try:
             r = client.decrypt(CiphertextBlob=base64.b64decode(e.enc), KeyId=e.arn,
@@ -81,15 +97,17 @@ class EnclaveKeys:
         if not blob or r.get("Plaintext"):
             raise KeyMismatch(f"KMS answered {e.arn} without CiphertextForRecipient")
         key = open_ciphertext_for_recipient(blob, self._rsa)
+        call = KMSCall(e.arn, r.get("ResponseMetadata", {}).get("RequestId", "") or "unknown",
+                       dict(e.context), e.enc)
         with self._lock:
-            self.calls.append(KMSCall(e.arn, r.get("ResponseMetadata", {}).get("RequestId", ""),
-                                      dict(e.context), e.enc))
-        return key
+            self.calls.append(call)
+        return key, call
 
     def prefetch(self, entries: Sequence[KMSEntry]) -> None:
         todo = {}
         for e in entries:
-            todo.setdefault((e.arn, e.enc), e)
+            if self.input_kms_allowed(e.arn):
+                todo.setdefault((e.arn, e.enc), e)
         todo = {k: v for k, v in todo.items() if k not in self._cache}
         if not todo:
             return
@@ -98,7 +116,7 @@ class EnclaveKeys:
             k, e = item
             try:
                 return k, self._kms_decrypt(e), None
-            except KeyMismatch as ex:
+            except (KeyMismatch, SopsError, ValueError) as ex:
                 return k, None, ex
 
         with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
@@ -109,14 +127,20 @@ class EnclaveKeys:
     # The key-service interface used by keys.groups.
     def decrypt(self, entry) -> bytes:
         if isinstance(entry, KMSEntry):
+            if not self.input_kms_allowed(entry.arn):
+                raise KeyMismatch(f"{entry.arn} is not an input key of the enclave policy")
             k = (entry.arn, entry.enc)
             if k not in self._cache:
                 self._cache[k] = self._kms_decrypt(entry)
-            return self._cache[k]
-        if isinstance(entry, AgeEntry) and self.dev and self._age:
+            key, call = self._cache[k]
+            self.used.append(call)
+            return key
+        if isinstance(entry, AgeEntry) and self.host_age_allowed():
             from sops_enclave.keys import age
 
-            return age.unwrap(entry.enc, self._age)
+            key = age.unwrap(entry.enc, self._age)
+            self.used.append("host-age")
+            return key
         raise KeyMismatch(f"{entry.type} keys cannot be used inside the enclave"
                           + ("" if self.dev else " (only KMS with attestation)"))
 
@@ -144,17 +168,25 @@ def _kms_error(ex: Exception) -> str:
     return type(ex).__name__
 
 
-def _decrypt_input(path: str, blob: bytes, keys: EnclaveKeys) -> tuple[list[Branch], Metadata]:
-    fmt = format_for_path(path)
-    try:
-        branches, raw = get_store(fmt).load_encrypted(blob)
-    except SopsError:
-        raise
-    except ValueError as e:
-        raise PackError(f"{path}: cannot parse: {e}") from None
-    if raw is None:
-        raise PackError(f"{path}: sops metadata not found")
-    md = parse_metadata(raw)
+class _GenericErrors:
+    """A value cipher whose errors never depend on a value: a type or format error about a
+    secret would otherwise be an oracle for the host (one bit per request)."""
+
+    def __init__(self, cipher: ValueCipher, path: str) -> None:
+        self._inner = cipher
+        self._path = path
+
+    def decrypt(self, value, aad: bytes = b""):
+        try:
+            return self._inner.decrypt(value, aad)
+        except (SopsError, ValueError, TypeError, OverflowError):
+            where = aad.decode("utf-8", "replace").rstrip(":").replace(":", ".") or "(root)"
+            raise PackError(f"input {self._path}: value at {where} is invalid") from None
+
+
+def _decrypt_input(path: str, blob: bytes, md: Metadata, branches: list[Branch],
+                   keys: EnclaveKeys) -> list[Branch]:
+    keys.used = []
     try:
         key = get_data_key(md, [keys], ("kms", "age"))
     except SopsError as e:
@@ -162,36 +194,108 @@ def _decrypt_input(path: str, blob: bytes, keys: EnclaveKeys) -> tuple[list[Bran
         first = e.message.splitlines()[0]
         raise PackError(f"{path}: {first}" + (f" ({reasons})" if reasons else ""),
                         exit_code=e.exit_code) from None
-    cipher = ValueCipher(key)
+    if len(key) != 32:
+        raise PackError(f"input {path}: its data key is not 32 bytes")
+    inner = ValueCipher(key)
+    cipher = _GenericErrors(inner, path)
     try:
-        plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
-    except SopsError as e:
-        raise PackError(f"{path}: {e.message}", exit_code=e.exit_code) from None
+        plain, computed = decrypt_tree(branches, cipher,  # type: ignore[arg-type]
+                                       md.crypt_rule, md.mac_only_encrypted)
+    except PackError:
+        raise
+    except SopsError:
+        raise PackError(f"input {path}: a value is invalid") from None
     try:
-        stored = cipher.decrypt(md.mac, md.mac_aad()) if md.mac else ""
-    except SopsError as e:
-        raise PackError(f"{path}: Cannot decrypt MAC: {e.message}", exit_code=51) from None
-    import hmac
-
+        stored = inner.decrypt(md.mac, md.mac_aad()) if md.mac else ""
+    except SopsError:
+        raise PackError(f"{path}: Cannot decrypt MAC", exit_code=51) from None
     if not md.mac or not hmac.compare_digest(str(stored).encode(), computed.encode()):
         raise PackError(f"{path}: MAC mismatch", exit_code=51)
-    return plain, md
+    return plain
+
+
+#: The crypt rule of every output: an unencrypted_regex that matches no key, so every value
+#: and every comment is encrypted, whatever the inputs' own rules were (a value encrypted in
+#: an input can never come out in clear). Go's regexp and Python's read it alike.
+OUTPUT_CRYPT_RULE = ("unencrypted_regex", r"[^\s\S]")
+
+
+def _load_input(path: str, blob: bytes) -> tuple[list[Branch], Metadata]:
+    try:
+        branches, raw = get_store(format_for_path(path)).load_encrypted(blob)
+    except SopsError as e:
+        raise PackError(f"input {path}: cannot parse: {e.message.splitlines()[0][:200]}",
+                        exit_code=e.exit_code) from None
+    except ValueError:
+        raise PackError(f"input {path}: cannot parse") from None
+    if raw is None:
+        raise PackError(f"{path}: sops metadata not found")
+    return branches, parse_metadata(raw)
+
+
+def _check_repository(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 1024 \
+            or any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in value):
+        raise PackError("the repository name in the request is empty, too long or holds "
+                        "control characters")
+    return value
+
+
+def _signer(objects: dict, commit: str, policy: EnclavePolicy | None):
+    """The allowed signer of the commit (None in an unrestricted dev run)."""
+    from sops_enclave.pack.sshsig import SignatureError, verify_commit_signature
+    from sops_enclave.receipt.statement import SignerRecord
+
+    if policy is None:
+        return None
+    found = objects.get(commit)
+    if found is None or found[0] != "commit":
+        raise PackError(f"commit {commit[:12]} is missing from the git objects")
+    try:
+        sig = verify_commit_signature(found[1])
+    except SignatureError as e:
+        raise PackError(f"commit {commit[:12]}: {e}; the enclave policy requires a commit "
+                        "signed by one of its commit_signers") from None
+    s = policy.signer_for(sig)
+    return SignerRecord(principal=s.principal, key_type=s.key_type, fingerprint=s.fingerprint)
 
 
 def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
-             dev: bool, age_identities: Sequence = (), clock=None) -> dict:
-    """Carry out one pack request; returns ``{"ok": True, "outputs": [...]}``."""
+             dev: bool, age_identities: Sequence = (), clock=None,
+             policy: EnclavePolicy | None = None) -> dict:
+    """Carry out one pack request; returns ``{"ok": True, "outputs": [...]}``.
+
+    ``policy`` is the measured enclave policy; only the dev enclave may run without one
+    (an *unrestricted* run, said so in every receipt). Every check that could release a
+    secret is made here, before the first KMS call: the commit's signature, the manifest
+    path, each output's recipients, each input's KMS keys."""
     from sops_enclave.pack import gitobjects
     from sops_enclave.pack.manifest import load_manifest
     from sops_enclave.receipt.builder import build_receipt
-    from sops_enclave.receipt.statement import (InputRecord, KMSKeyUse, KMSRecipient,
-                                                MergeConflict, OutputRecipients, ReceiptFacts)
+    from sops_enclave.receipt.statement import (EnclavePolicyRecord, InputRecord, KMSKeyUse,
+                                                KMSRecipient, MergeConflict, OutputRecipients,
+                                                ReceiptFacts)
 
+    if policy is None and not dev:
+        raise PackError("the enclave image holds no enclave policy; refusing to run")
     now = clock or (lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
     started = now()
+    nonce = request.get("nonce")
+    if not isinstance(nonce, bytes) or not 16 <= len(nonce) <= 64:
+        raise PackError("the request needs a nonce of 16 to 64 bytes")
+    repository = _check_repository(request.get("repository"))
     commit = request["commit"]
     objects = gitobjects.GitBundle.from_wire(request["git"]).objects
-    manifest_path = request["manifest_path"]
+    # (1) the commit is signed by an allowed signer (checked over the bytes whose id we verify).
+    found = gitobjects.verify_paths(objects, commit, [])
+    del found
+    signer = _signer(objects, commit, policy)
+    # (2) the manifest path is the policy's, never the host's choice.
+    asked = request.get("manifest_path") or DEFAULT_MANIFEST_PATH
+    manifest_path = policy.manifest_path if policy is not None else asked
+    if asked != manifest_path:
+        raise PackError(f"the enclave policy fixes the manifest at {manifest_path}, "
+                        f"not {asked}")
     found = gitobjects.verify_paths(objects, commit, [manifest_path])
     manifest_blob, manifest_bytes = found[manifest_path]
     manifest = load_manifest(manifest_bytes, manifest_path)
@@ -199,26 +303,39 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
     # Which inputs exist is proven by the trees: required ones must be there, optional ones
     # are either there or shown absent (a host cannot hide one by leaving its blob out).
     full = manifest.plan(request.get("targets") or None, exists=lambda p: True)
+    # (3) every recipient of every output is one the policy lists.
+    if policy is not None:
+        for plan in full:
+            policy.check_output(plan.target, plan.encrypt.kms, plan.encrypt.age)
     required = sorted({i.file for p in full for i in p.inputs if not i.optional})
     optional = sorted({i.file for p in full for i in p.inputs if i.optional} - set(required))
     blobs = gitobjects.verify_paths(objects, commit, required, optional=optional)
     plans = manifest.plan(request.get("targets") or None, exists=lambda p: p in blobs)
-    keys = EnclaveKeys(kms_client_factory, nsm, age_identities=age_identities, dev=dev)
+    keys = EnclaveKeys(kms_client_factory, nsm, age_identities=age_identities, dev=dev,
+                       policy=policy)
     paths = sorted({i.file for p in plans for i in p.inputs})
     # Parse every input first, so every distinct data key is fetched once, concurrently.
-    parsed_meta: dict[str, Metadata] = {}
-    for p in paths:
-        _, raw = get_store(format_for_path(p)).load_encrypted(blobs[p][1])
-        if raw is None:
-            raise PackError(f"{p}: sops metadata not found")
-        parsed_meta[p] = parse_metadata(raw)
-    keys.prefetch([e for md in parsed_meta.values() for g in md.key_groups for e in g
+    loaded = {p: _load_input(p, blobs[p][1]) for p in paths}
+    # (4) every input can be opened with a key the policy allows, or nothing is fetched.
+    for p, (_, md) in loaded.items():
+        entries = [e for g in md.key_groups for e in g]
+        if not any(isinstance(e, KMSEntry) and keys.input_kms_allowed(e.arn) for e in entries) \
+                and not (keys.host_age_allowed() and any(isinstance(e, AgeEntry)
+                                                         for e in entries)):
+            raise PackError(f"input {p}: none of its keys is an input key of the enclave "
+                            "policy (inputs.kms)" if policy is not None else
+                            f"input {p}: no key usable in the enclave (KMS, or host age keys "
+                            "in dev)")
+    keys.prefetch([e for _, md in loaded.values() for g in md.key_groups for e in g
                    if isinstance(e, KMSEntry)])
-    decrypted = {p: _decrypt_input(p, blobs[p][1], keys) for p in paths}
-    for p, (_, md) in decrypted.items():
-        kinds = {e.type for g in md.key_groups for e in g}
-        keys.sources[p] = "kms-attested" if "kms" in kinds and not (dev and "kms" not in kinds) \
-            else "host-age"
+    decrypted: dict[str, tuple[list[Branch], Metadata]] = {}
+    opened_by: dict[str, list] = {}
+    for p in paths:
+        branches, md = loaded[p]
+        decrypted[p] = (_decrypt_input(p, blobs[p][1], md, branches, keys), md)
+        opened_by[p] = list(keys.used)
+        keys.sources[p] = "host-age" if "host-age" in keys.used else "kms-attested"
+    policy_record = None if policy is None else EnclavePolicyRecord(policy.sha256, policy.text)
     outputs = []
     signing_key = ec.generate_private_key(ec.SECP256R1())
     for plan in plans:
@@ -228,9 +345,14 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
             if ref.extract:
                 from sops_enclave.api import extract
 
-                sub = extract(branch, ref.extract)
+                try:
+                    sub = extract(branch, ref.extract)
+                except SopsError:
+                    raise PackError(f"target {plan.target}: extract {ref.extract} is not in "
+                                    f"input {ref.file}") from None
                 if not isinstance(sub, Branch):
-                    raise PackError(f"{plan.target}: extract {ref.extract} of {ref.file} is not a map")
+                    raise PackError(f"target {plan.target}: extract {ref.extract} of "
+                                    f"{ref.file} is not a map")
                 branch = sub
             docs.append(branch)
         merged, conflicts = deep_merge(docs)
@@ -238,7 +360,7 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
                  for arn in plan.encrypt.kms]
         group += [AgeEntry(r) for r in plan.encrypt.age]
         md = Metadata(key_groups=[group], version=SOPS_FORMAT_VERSION,
-                      crypt_rule=CryptRule("unencrypted_suffix", "_unencrypted"))
+                      crypt_rule=CryptRule(*OUTPUT_CRYPT_RULE))
         data_key = nsm.get_random(32)
         protect_data_key(md, data_key, [keys], now=now())
         cipher = ValueCipher(data_key, random=nsm.get_random)
@@ -252,19 +374,18 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
                                    binary=plan.format == "binary")
         out_bytes = store.emit_encrypted(enc, meta_branch)
         used_paths = [r.file for r in plan.inputs]
+        # The KMS calls that actually unwrapped the data key of an input of this output.
         kms_uses = []
         for c in keys.calls:
-            served = tuple(p for p in used_paths
-                           if any(isinstance(e, KMSEntry) and e.enc == c.enc
-                                  for g in decrypted[p][1].key_groups for e in g))
+            served = tuple(p for p in used_paths if any(u is c for u in opened_by[p]))
             if served:
                 kms_uses.append(KMSKeyUse(c.arn, c.request_id, served, c.encryption_context))
         facts = ReceiptFacts(
-            output_name=plan.path, repository=request.get("repository", ""), commit=commit,
+            output_name=plan.path, repository=repository, commit=commit,
             manifest_path=manifest_path, manifest_blob=manifest_blob, target=plan.target,
             inputs=[InputRecord(r.file, blobs[r.file][0],
                                 hashlib.sha256(blobs[r.file][1]).hexdigest(),
-                                keys.sources.get(r.file, "kms-attested"))
+                                keys.sources[r.file])
                     for r in plan.inputs],
             started_on=started, finished_on=now(), kms_keys=kms_uses,
             recipients=OutputRecipients(
@@ -273,9 +394,10 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
                 age=tuple(plan.encrypt.age)),
             conflicts=[MergeConflict(".".join(c.path), (used_paths[c.previous], used_paths[c.winner]),
                                      used_paths[c.winner]) for c in conflicts],
-            tool_version=__version__)
+            tool_version=__version__, enclave_policy=policy_record, signer=signer,
+            request_nonce=nonce.hex())
         receipt = build_receipt(facts, out_bytes, signing_key=signing_key, nsm=nsm,
-                                kms_attestation=keys.kms_attestation)
+                                kms_attestation=keys.kms_attestation, nonce=nonce)
         outputs.append({"path": plan.path, "target": plan.target, "content": out_bytes,
                         "receipt": receipt})
     return {"ok": True, "outputs": outputs,

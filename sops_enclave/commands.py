@@ -625,11 +625,17 @@ def exec_parser(cls):
                 "an enclave, for the named targets (all when none), at a git commit. Writes each "
                 "output and <output>.receipt.json (all of them or none).")
     p.add_argument("targets", nargs="*", help="targets of the manifest (default: all)")
-    p.add_argument("--manifest", default=".sops-enclave.yaml", help="manifest path in the repo")
+    p.add_argument("--manifest", default=None, help="manifest path in the repo (default: the "
+                   "enclave policy's, else .sops-enclave.yaml; the enclave refuses any other)")
     p.add_argument("--commit", default="HEAD", help="the commit to read inputs from (HEAD)")
     p.add_argument("--repo", default=".", help="the git work tree (default: the current dir)")
     p.add_argument("--enclave", default="dev", help="dev (local process, software NSM) or "
                    "nitro[:CID[:PORT]] (default dev)")
+    p.add_argument("--enclave-policy", metavar="FILE",
+                   help="dev enclave only: start it with this enclave policy (covered by its "
+                   "measurement, as the policy baked into a Nitro image). Without it the dev "
+                   "run is unrestricted and verify refuses its receipts unless "
+                   "--allow-unrestricted")
     p.add_argument("--dry-run", action="store_true", help="print the plan, decrypt nothing")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--verbose", action="store_true")
@@ -639,15 +645,32 @@ def exec_parser(cls):
 def do_exec(ctx) -> int:
     from sops_enclave.pack import host
 
+    policy_file = ctx.get("enclave_policy")
+    manifest = ctx.get("manifest")
+    if policy_file:
+        if ctx.get("enclave") != "dev":
+            raise ConflictingParameters("--enclave-policy is for the dev enclave; a Nitro "
+                                        "enclave enforces the policy measured into its image")
+        from sops_enclave.fileio import read_input
+        from sops_enclave.pack.enclave_policy import load_enclave_policy
+
+        policy_file = ctx.abs(policy_file)
+        manifest = manifest or load_enclave_policy(read_input(policy_file),
+                                                   policy_file).manifest_path
     opts = host.ExecOptions(repo=ctx.abs(ctx.get("repo")), commit=ctx.get("commit"),
-                            manifest_path=ctx.get("manifest"), targets=ctx.get("targets") or (),
-                            enclave=ctx.get("enclave"))
+                            manifest_path=manifest or ".sops-enclave.yaml",
+                            targets=ctx.get("targets") or (), enclave=ctx.get("enclave"),
+                            enclave_policy=policy_file)
     if ctx.get("dry_run"):
         commit, manifest, plans = host.plan_at_commit(opts)
         print(f"commit {commit}")
         print(manifest.describe(plans))
         return 0
-    if opts.enclave == "dev":
+    if opts.enclave == "dev" and not policy_file:
+        print("sops-enclave: warning: no --enclave-policy: this dev run is UNRESTRICTED (any "
+              "commit, any recipient); its receipts say so and verify refuses them unless "
+              "--allow-unrestricted", file=sys.stderr)
+    elif opts.enclave == "dev" and ctx.get("verbose"):
         print("[sops-enclave] dev enclave (software NSM): receipts verify only with --allow-dev",
               file=sys.stderr)
     summary = host.run_exec(opts, ctx.env)
@@ -666,6 +689,8 @@ def dev_parser(cls):
     sub = p.add_subparsers(dest="dev_cmd", parser_class=cls)
     up = sub.add_parser("up", help="start the dev KMS (Ctrl+C stops it)")
     up.add_argument("--port", type=int, default=0, help="port of the attested KMS (default: free)")
+    up.add_argument("--enclave-policy", metavar="FILE", help="print the dev PCR0 of the enclave "
+                    "run with this policy (exec --enclave-policy FILE)")
     up.add_argument("--verbose", action="store_true")
     return p
 
@@ -675,7 +700,9 @@ def do_dev(ctx) -> int:
         raise SopsError("usage: sops-enclave dev up")
     from sops_enclave.devtools import devstack
 
-    return devstack.up(port=ctx.get("port") or 0)
+    policy = ctx.get("enclave_policy")
+    return devstack.up(port=ctx.get("port") or 0,
+                       enclave_policy=ctx.abs(policy) if policy else None)
 
 
 PARSERS.update({"exec": exec_parser, "dev": dev_parser})

@@ -22,12 +22,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def dev_pcrs() -> dict[int, bytes]:
-    """PCR0-2 of the dev enclave (the software NSM's measurement of the installed code)."""
-    from sops_enclave.devtools.nsm_soft import SoftNSM
+def dev_pcrs(enclave_policy: bytes | None = None) -> dict[int, bytes]:
+    """PCR0-2 of the dev enclave (the software NSM's measurement of the installed code, with
+    the enclave policy it runs with)."""
+    from sops_enclave.devtools.nsm_soft import measure_bundle, policy_bundle
 
-    nsm = SoftNSM()
-    return {i: nsm.describe_pcr(i).data for i in (0, 1, 2)}
+    return measure_bundle(policy_bundle(enclave_policy))
 
 
 class DevStack:
@@ -91,15 +91,28 @@ class DevStack:
         self.stop()
 
 
-def up(port: int = 0) -> int:
+def up(port: int = 0, enclave_policy: str | None = None) -> int:
+    raw = None
+    if enclave_policy:
+        from sops_enclave.pack.enclave_policy import load_enclave_policy
+
+        with open(enclave_policy, "rb") as f:
+            raw = f.read()
+        load_enclave_policy(raw, enclave_policy)
     stack = DevStack(port=port).start()
-    pcrs = dev_pcrs()
+    pcrs = dev_pcrs(raw)
     print("# sops-enclave dev stack is up (Ctrl+C stops it). Use this environment:")
     for k, v in stack.env().items():
         print(f"export {k}={v}")
     print(f"# dev enclave PCR0 (ImageSha384) for key policies: {pcrs[0].hex()}")
-    print("# then: sops-enclave exec --enclave dev; sops-enclave verify OUTPUT --allow-dev "
-          f"--pcr 0={pcrs[0].hex()}")
+    if raw is None:
+        print("# no --enclave-policy: dev runs are unrestricted (verify needs "
+              "--allow-unrestricted)")
+        print("# then: sops-enclave exec --enclave dev; sops-enclave verify OUTPUT --allow-dev "
+              f"--allow-unrestricted --pcr 0={pcrs[0].hex()}")
+    else:
+        print(f"# then: sops-enclave exec --enclave dev --enclave-policy {enclave_policy}; "
+              f"sops-enclave verify OUTPUT --allow-dev --pcr 0={pcrs[0].hex()}")
     sys.stdout.flush()
     stopped = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))

@@ -45,7 +45,7 @@ from ..receipt.dev_root import default_dev_ca_dir
 from .dev_ca import DevCA
 
 __all__ = ["SoftNSM", "PCRDescription", "BOOT_MEASUREMENT", "bundle_archive",
-           "collect_bundle", "default_bundle", "measure_bundle", "extend"]
+           "collect_bundle", "default_bundle", "policy_bundle", "measure_bundle", "extend"]
 
 BOOT_MEASUREMENT = b"sops-enclave soft-nsm boot v1\n"
 _ARCHIVE_MAGIC = b"sops-enclave-bundle/v1\n"
@@ -125,6 +125,18 @@ def default_bundle() -> dict[str, bytes]:
     prog_dir = Path(prog.__file__).resolve().parent
     if prog_dir != pkg / "enclave":
         files.update(collect_bundle(prog_dir, prefix="sops_enclave/enclave/"))
+    return files
+
+
+def policy_bundle(enclave_policy: bytes | None) -> dict[str, bytes]:
+    """:func:`default_bundle` plus the enclave policy at its bundle path (when given): what
+    the dev enclave started with ``--enclave-policy FILE`` measures, as a Nitro image built
+    with that policy measures it."""
+    from ..pack.enclave_policy import BUNDLE_PATH
+
+    files = default_bundle()
+    if enclave_policy is not None:
+        files[BUNDLE_PATH] = bytes(enclave_policy)
     return files
 
 

@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
     m.add_argument("eif", nargs="?", metavar="EIF", help="enclave image file")
     m.add_argument("--dev", action="store_true",
                    help="print the dev measurement of the installed code instead")
+    m.add_argument("--enclave-policy", metavar="FILE",
+                   help="with --dev: measure the code together with this enclave policy, as "
+                        "'exec --enclave dev --enclave-policy FILE' runs it")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.set_defaults(func=cmd_measure)
 
@@ -58,6 +61,9 @@ def register(subparsers: Any) -> None:
     src.add_argument("--dev", action="store_true",
                      help="pin PCR0/1/2 of the dev measurement of the installed code")
     src.add_argument("--eif", metavar="EIF", help="pin PCR0/1/2 measured from this EIF")
+    p.add_argument("--enclave-policy", metavar="FILE",
+                   help="with --dev: the enclave policy the dev enclave runs with (it is "
+                        "part of the measurement)")
     p.add_argument("--pcr1", metavar="HEX", help="also pin PCR1 (kernel + bootstrap)")
     p.add_argument("--pcr2", metavar="HEX", help="also pin PCR2 (application)")
     p.add_argument("--role", required=True, metavar="ARN", help="enclave host (instance) role")
@@ -110,11 +116,34 @@ def _measure_file(path: str) -> EIFMeasurement:
         raise EIFError(f"{path}: {reason}")
 
 
-def dev_measurement() -> dict[int, bytes]:
-    """PCR0/1/2 of the installed code as the software NSM measures it."""
+def dev_measurement(enclave_policy: bytes | None = None) -> dict[int, bytes]:
+    """PCR0/1/2 of the installed code (with the enclave policy, when given) as the software
+    NSM measures it."""
     from ..devtools import nsm_soft
 
-    return nsm_soft.measure_bundle(nsm_soft.default_bundle())
+    return nsm_soft.measure_bundle(nsm_soft.policy_bundle(enclave_policy))
+
+
+def _policy_arg(args: argparse.Namespace) -> tuple[bytes | None, str | None]:
+    """The ``--enclave-policy`` file's bytes (checked) and sha256, or ``(None, None)``."""
+    path = getattr(args, "enclave_policy", None)
+    if not path:
+        return None, None
+    if not args.dev:
+        raise ConflictingParameters("--enclave-policy goes with --dev (a Nitro image's "
+                                    "policy is inside it: build it with enclave/build.sh "
+                                    "--enclave-policy FILE)")
+    import hashlib
+
+    from ..pack.enclave_policy import load_enclave_policy
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CouldNotReadInputFile(f"{path}: {e.strerror or e}") from None
+    load_enclave_policy(raw, path)
+    return raw, hashlib.sha256(raw).hexdigest()
 
 
 def cmd_measure(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -125,15 +154,18 @@ def cmd_measure(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not args.dev and not args.eif:
         raise ConflictingParameters("measure: give an EIF file, or --dev for the dev "
                                     "measurement of the installed code")
+    raw, digest = _policy_arg(args)
     if args.dev:
-        pcrs = dev_measurement()
+        pcrs = dev_measurement(raw)
         if args.json:
             doc = {"Measurements": {"HashAlgorithm": HASH_ALGORITHM,
                                     **{f"PCR{i}": pcrs[i].hex() for i in (0, 1, 2)}},
-                   "Dev": True, "Note": _DEV_NOTE}
+                   "Dev": True, "Note": _DEV_NOTE,
+                   "EnclavePolicySha256": digest}
             out.write(json.dumps(doc, indent=2) + "\n")
         else:
             out.write(f"# {_DEV_NOTE}\n")
+            out.write(f"# enclave policy: {'sha256 ' + digest if digest else 'NONE (unrestricted)'}\n")
             for i in (0, 1, 2):
                 out.write(f"PCR{i} {pcrs[i].hex()}\n")
         return 0
@@ -166,7 +198,7 @@ def cmd_policy(args: argparse.Namespace, out: TextIO | None = None) -> int:
             raise ConflictingParameters("policy: --pcr1/--pcr2 come from the measurement "
                                         "with --dev or --eif; do not give them too")
         if args.dev:
-            pcrs = dev_measurement()
+            pcrs = dev_measurement(_policy_arg(args)[0])
             pcr0, pcr1, pcr2 = pcrs[0], pcrs[1], pcrs[2]
         else:
             m = _measure_file(args.eif)

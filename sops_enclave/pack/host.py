@@ -4,8 +4,10 @@ enclave, write every output and receipt atomically. It never holds plaintext or 
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,8 @@ class ExecOptions:
     targets: Sequence[str] = ()
     enclave: str = "dev"
     repository_name: str = ""
+    #: Dev enclave only: the enclave policy file it starts with (None: an unrestricted run).
+    enclave_policy: str | None = None
 
 
 def _git(repo: str, *args: str) -> bytes:
@@ -142,7 +146,8 @@ def _dev_age_identities(env: Mapping[str, str]) -> str:
     return "\n".join(parts)
 
 
-def start_dev_enclave(workdir: str, env: Mapping[str, str]) -> tuple[subprocess.Popen, str]:
+def start_dev_enclave(workdir: str, env: Mapping[str, str], enclave_policy: str | None = None
+                      ) -> tuple[subprocess.Popen, str]:
     """The dev enclave: the same enclave program as a local process, with the software NSM.
 
     Its stderr goes to ``enclave.log`` in ``workdir`` (never the user's terminal)."""
@@ -154,8 +159,10 @@ def start_dev_enclave(workdir: str, env: Mapping[str, str]) -> tuple[subprocess.
                  if not k.startswith(("AWS_", "SOPS_AGE", "GNUPG"))}
     # cwd is the private work dir, so the enclave never imports code from the caller's cwd.
     log = open(os.path.join(workdir, "enclave.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "sops_enclave.enclave.app", "--unix", path,
-                             "--dev"], env=child_env, stdin=subprocess.DEVNULL, cwd=workdir,
+    cmd = [sys.executable, "-m", "sops_enclave.enclave.app", "--unix", path, "--dev"]
+    if enclave_policy:
+        cmd += ["--enclave-policy", os.path.abspath(enclave_policy)]
+    proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL, cwd=workdir,
                             stdout=log, stderr=log)
     log.close()
     deadline = time.time() + 30
@@ -214,7 +221,7 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="sops-enclave-") as work:
         proc = None
         if dev:
-            proc, sock_path = start_dev_enclave(work, env)
+            proc, sock_path = start_dev_enclave(work, env, opts.enclave_policy)
         try:
             with _connect(opts.enclave, sock_path) as s:
                 send_frame(s, req)
@@ -239,10 +246,9 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
 
     items = []
     for out in resp["outputs"]:
-        path = os.path.join(opts.repo, out["path"])
-        items.append((path, out["content"]))
-        items.append((receipt_path(path), out["receipt"]))
-    write_all_atomically(items)
+        items.append((out["path"], out["content"]))
+        items.append((receipt_path(out["path"]), out["receipt"]))
+    write_all_atomically(items, root=opts.repo)
     import hashlib
 
     _progress(f"wrote {len(resp['outputs'])} output(s) and their receipts")
@@ -253,46 +259,127 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
                         for o in resp["outputs"]]}
 
 
-def write_all_atomically(items: Sequence[tuple[str, bytes]]) -> None:
-    """Write every file or none: all temporaries first, then renames, rolled back on failure."""
-    temps: list[tuple[str, str]] = []
+def _safe_parts(rel: str) -> list[str]:
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        raise CouldNotWriteOutputFile(f"{rel}: not a normalised path inside the repository")
+    return parts
+
+
+def _open_dir_nofollow(root_fd: int, parts: Sequence[str], rel: str) -> int:
+    """An fd of the directory ``parts`` under ``root_fd``, created as needed, refusing any
+    symlink on the way (a committed ``deploy -> /outside`` link must not send files out)."""
+    fd = os.dup(root_fd)
     try:
-        for path, data in items:
-            d = os.path.dirname(os.path.abspath(path))
-            os.makedirs(d, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".sops-enclave-", suffix=".tmp", dir=d)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-    except OSError as e:
-        for tmp, _ in temps:
-            _unlink(tmp)
-        raise CouldNotWriteOutputFile(f"could not write outputs: {e}") from None
-    done: list[tuple[str, str | None]] = []
+        for name in parts:
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise CouldNotWriteOutputFile(
+                        f"{rel}: {name} is a symbolic link or not a directory; outputs are "
+                        "written only inside the repository, never through a link") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_all_atomically(items: Sequence[tuple[str, bytes]], root: str | None = None) -> None:
+    """Write every file or none: all temporaries first, then renames, rolled back on failure.
+
+    With ``root`` (the repository), paths are relative to it and resolved without following
+    any symbolic link (directories or the file itself). An existing file keeps its mode; new
+    files are 0644."""
+    if root is None:
+        items = [(os.path.abspath(p), d) for p, d in items]
+        root = "/"
     try:
-        for tmp, path in temps:
-            backup = None
-            if os.path.exists(path):
-                backup = tmp + ".bak"
-                os.link(path, backup)
-            os.replace(tmp, path)
-            done.append((path, backup))
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        for path, backup in reversed(done):
+        raise CouldNotWriteOutputFile(f"could not write outputs: {root}: {e.strerror}") from None
+    # (dir fd, name, temporary name, path shown to the user)
+    temps: list[tuple[int, str, str, str]] = []
+    fds: list[int] = [root_fd]
+    try:
+        try:
+            for rel, data in items:
+                parts = _safe_parts(rel.lstrip("/") if root == "/" else rel)
+                dfd = _open_dir_nofollow(root_fd, parts[:-1], rel)
+                fds.append(dfd)
+                name = parts[-1]
+                mode = 0o644
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None:
+                    if not stat.S_ISREG(st.st_mode):
+                        raise CouldNotWriteOutputFile(
+                            f"{rel}: exists and is not a regular file (a symbolic link?); "
+                            "not replaced")
+                    mode = stat.S_IMODE(st.st_mode)
+                tmp = f".sops-enclave-{os.urandom(6).hex()}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                             dir_fd=dfd)
+                temps.append((dfd, name, tmp, rel))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fchmod(f.fileno(), mode)
+                    os.fsync(f.fileno())
+        except OSError as e:
+            for dfd, _, tmp, _ in temps:
+                _unlink_at(tmp, dfd)
+            raise CouldNotWriteOutputFile(f"could not write outputs: {e}") from None
+        except CouldNotWriteOutputFile:
+            for dfd, _, tmp, _ in temps:
+                _unlink_at(tmp, dfd)
+            raise
+        done: list[tuple[int, str, str | None]] = []
+        try:
+            for dfd, name, tmp, _ in temps:
+                backup = None
+                try:
+                    os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    backup = tmp + ".bak"
+                    os.link(name, backup, src_dir_fd=dfd, dst_dir_fd=dfd,
+                            follow_symlinks=False)
+                except FileNotFoundError:
+                    backup = None
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                done.append((dfd, name, backup))
+        except OSError as e:
+            for dfd, name, backup in reversed(done):
+                if backup:
+                    os.replace(backup, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                else:
+                    _unlink_at(name, dfd)
+            for dfd, _, tmp, _ in temps:
+                _unlink_at(tmp, dfd)
+                _unlink_at(tmp + ".bak", dfd)
+            raise CouldNotWriteOutputFile(
+                f"could not write outputs, nothing was changed: {e}") from None
+        for dfd, _, backup in done:
             if backup:
-                os.replace(backup, path)
-            else:
-                _unlink(path)
-        for tmp, _ in temps:
-            _unlink(tmp)
-            _unlink(tmp + ".bak")
-        raise CouldNotWriteOutputFile(f"could not write outputs, nothing was changed: {e}") from None
-    for _, backup in done:
-        if backup:
-            _unlink(backup)
+                _unlink_at(backup, dfd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _unlink(p: str) -> None:

@@ -663,6 +663,13 @@ def do_exec(ctx) -> int:
                             enclave_policy=policy_file)
     if ctx.get("dry_run"):
         commit, manifest, plans = host.plan_at_commit(opts)
+        if policy_file:  # the checks the enclave will make, made early
+            from sops_enclave.fileio import read_input
+            from sops_enclave.pack.enclave_policy import load_enclave_policy
+
+            pol = load_enclave_policy(read_input(policy_file), policy_file)
+            for plan in plans:
+                pol.check_output(plan.target, plan.encrypt.kms, plan.encrypt.age)
         print(f"commit {commit}")
         print(manifest.describe(plans))
         return 0

@@ -107,8 +107,11 @@ def receipt(facts, nsm, key) -> bytes:
     return build_receipt(facts, OUTPUT, signing_key=key, nsm=nsm)
 
 
-def _verify(receipt, policy, *, output=OUTPUT, allow_dev=True, **kw):
-    return verify_receipt(receipt, output, policy, allow_dev=allow_dev, **kw)
+def _verify(receipt, policy, *, output=OUTPUT, allow_dev=True, allow_unrestricted=True, **kw):
+    # The ``facts`` receipts record no enclave policy: UNRESTRICTED dev receipts, accepted
+    # here so each test checks what it is about; the restricted ones are tested below.
+    return verify_receipt(receipt, output, policy, allow_dev=allow_dev,
+                          allow_unrestricted=allow_unrestricted, **kw)
 
 
 def _refused(step: int, receipt, policy, **kw) -> ReceiptError:
@@ -128,9 +131,12 @@ def _edit(receipt: bytes, fn) -> bytes:
 # --------------------------------------------------------------------------- the happy path
 
 def test_build_then_verify(receipt, policy, repo, facts, nsm):
-    r = _verify(receipt, policy, repo=repo)
+    r = _verify(receipt, policy, repo=repo, expected_subject="deploy/api/prod.enc.json")
     assert r.dev and r.root_fingerprint == nsm.root_fingerprint
-    assert [r.details[n][0] for n in range(1, 9)] == ["ok"] * 8
+    assert [r.details[n][0] for n in range(1, 11)] == ["ok"] * 9 + ["skipped"]
+    assert "UNRESTRICTED" in r.details[9][1] and "no commit signer" in r.details[10][1]
+    # Step 1 speaks before the signature is checked: it quotes nothing from the receipt.
+    assert facts.output_name not in r.details[1][1] and facts.target not in r.details[1][1]
     st = r.statement
     assert st.commit == facts.commit and st.subject_name == facts.output_name
     assert st.subject_sha256 == hashlib.sha256(OUTPUT).hexdigest()
@@ -138,8 +144,10 @@ def test_build_then_verify(receipt, policy, repo, facts, nsm):
     assert st.builder_id == BUILDER_ID_DEV
     assert r.attestation.user_data == hashlib.sha256(
         Envelope.from_json_obj(json.loads(receipt)["envelope"]).pae).digest()
-    # Without a repository, step 7 is skipped, not failed.
-    assert _verify(receipt, policy).details[7][0] == "skipped"
+    # Without a repository, step 7 is skipped, not failed; without an expected subject
+    # only the digest is compared, and the detail says so.
+    r = _verify(receipt, policy)
+    assert r.details[7][0] == "skipped" and "path not compared" in r.details[6][1]
 
 
 def test_receipt_layout_and_statement_shape(receipt, facts):
@@ -433,11 +441,13 @@ allow_host_keys: false
 # --------------------------------------------------------------------------- CLI
 
 @pytest.fixture
-def files(tmp_path, receipt, ca_dir, monkeypatch):
+def files(repo, receipt, ca_dir, monkeypatch):
+    """The output and its receipt at the path the receipt names, in the work tree."""
     monkeypatch.setenv("SOPS_ENCLAVE_DEV_CA_DIR", str(ca_dir))
-    out = tmp_path / "prod.enc.json"
+    out = repo / "deploy" / "api" / "prod.enc.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(OUTPUT)
-    (tmp_path / "prod.enc.json.receipt.json").write_bytes(receipt)
+    (out.parent / "prod.enc.json.receipt.json").write_bytes(receipt)
     return out
 
 
@@ -455,12 +465,14 @@ def _pcr_args(nsm) -> list[str]:
 
 
 def test_cli_verify_dev_ok(files, nsm, repo):
-    rc, out = _run(["verify", str(files), *_pcr_args(nsm), "--allow-dev", "--repo", str(repo)])
+    rc, out = _run(["verify", str(files), *_pcr_args(nsm), "--allow-dev", "--repo", str(repo),
+                    "--allow-unrestricted"])
     lines = out.splitlines()
-    assert rc == 0 and len(lines) == 9
+    assert rc == 0 and len(lines) == 11, out
     for n, name in enumerate(["parse", "attestation", "pcrs", "binding", "signature",
-                              "subject", "repo", "key sources"], 1):
+                              "subject", "repo", "key sources", "enclave policy"], 1):
         assert lines[n - 1].startswith(f"[{n}] {name} ..") and " ok (dev)" in lines[n - 1]
+    assert lines[9].startswith("[10] signer ..") and " skipped (dev)" in lines[9]
     assert all("(dev)" in line for line in lines)
     assert lines[-1].startswith("receipt verified (dev): deploy/api/prod.enc.json")
 
@@ -471,7 +483,7 @@ def test_cli_verify_failures(files, nsm):
     assert rc == 1 and "FAILED (dev)" in lines[1] and "not run" in lines[2]
     assert lines[-1].startswith("receipt NOT verified (dev): check [2] attestation")
     files.write_bytes(OUTPUT + b"changed")
-    rc, out = _run(["verify", str(files), *_pcr_args(nsm), "--allow-dev"])
+    rc, out = _run(["verify", str(files), *_pcr_args(nsm), "--allow-dev", "--allow-unrestricted"])
     lines = out.splitlines()
     assert rc == 1 and "FAILED" in lines[5] and "not run" in lines[6] and " ok" in lines[4]
     rc, out = _run(["verify", str(files), "--allow-dev"])             # no PCR policy
@@ -482,15 +494,23 @@ def test_cli_verify_json_and_policy_file(files, nsm, tmp_path):
     pol = tmp_path / "policy.yaml"
     pol.write_text("pcrs:\n  - {" + ", ".join(
         f'{i}: "{nsm.describe_pcr(i).data.hex()}"' for i in (0, 1, 2)) + "}\n")
-    rc, out = _run(["verify", str(files), "--policy", str(pol), "--allow-dev", "--json"])
+    rc, out = _run(["verify", str(files), "--policy", str(pol), "--allow-dev", "--json",
+                    "--allow-unrestricted"])
     obj = json.loads(out)
     assert rc == 0 and obj["ok"] and obj["dev"]
-    assert [c["status"] for c in obj["checks"]] == ["ok"] * 6 + ["skipped", "ok"]
-    assert obj["statement"]["target"] == "api/prod"
+    assert [c["status"] for c in obj["checks"]] == ["ok"] * 6 + ["skipped", "ok", "ok",
+                                                                 "skipped"]
+    assert obj["statement"]["target"] == "api/prod" and obj["statement"]["unrestricted"]
+    assert obj["expected_subject"] == "deploy/api/prod.enc.json"
+    assert obj["subject_from"] == "the git work tree"
     receipt2 = tmp_path / "elsewhere.json"
     receipt2.write_bytes((files.parent / "prod.enc.json.receipt.json").read_bytes())
     rc, _ = _run(["verify", str(files), "--receipt", str(receipt2), "--policy", str(pol),
-                  "--allow-dev"])
+                  "--allow-dev", "--allow-unrestricted"])
+    assert rc == 0
+    # The same policy file saying allow_unrestricted replaces the flag.
+    pol.write_text(pol.read_text() + "allow_unrestricted: true\n")
+    rc, _ = _run(["verify", str(files), "--policy", str(pol), "--allow-dev"])
     assert rc == 0
 
 

@@ -10,7 +10,8 @@ Example::
 
     from sops_enclave.receipt import ReceiptPolicy, PCRPolicy, verify_receipt
     policy = ReceiptPolicy(pcrs=PCRPolicy.from_assignments(["0=...", "1=...", "2=..."]))
-    verify_receipt(receipt_bytes, output_bytes, policy)
+    verify_receipt(receipt_bytes, output_bytes, policy,
+                   expected_subject="deploy/api/prod.enc.json")
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from .nitro_root import AWS_NITRO_ROOT_G1_SHA256
 from .pcr_policy import PCRPolicy
 from .policy import ReceiptPolicy
 from .statement import (
-    InputRecord, KMSKeyUse, KMSRecipient, MergeConflict, OutputRecipients, ReceiptFacts)
+    EnclavePolicyRecord, InputRecord, KMSKeyUse, KMSRecipient, MergeConflict, OutputRecipients,
+    ReceiptFacts, SignerRecord)
 from .verifier import VerifiedReceipt, verify_receipt
 
 __all__ = ["AWS_NITRO_ROOT_G1_SHA256", "AttestationDocument", "AttestationError",
-           "AttestationSource", "InputRecord", "KMSKeyUse", "KMSRecipient", "MergeConflict",
+           "AttestationSource", "EnclavePolicyRecord", "InputRecord", "KMSKeyUse", "KMSRecipient", "MergeConflict",
            "OutputRecipients", "PCRPolicy", "ReceiptError", "ReceiptFacts", "ReceiptPolicy",
-           "VerifiedReceipt", "build_receipt", "verify_attestation", "verify_receipt"]
+           "SignerRecord", "VerifiedReceipt", "build_receipt", "verify_attestation", "verify_receipt"]

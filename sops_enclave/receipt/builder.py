@@ -51,7 +51,14 @@ def build_receipt(facts: ReceiptFacts, output: bytes, *,
     """Sign a statement about ``output`` and attest the signing key; return receipt bytes.
 
     The builder id says ``dev-enclave`` when ``nsm`` has a true ``is_dev`` attribute.
+    When ``facts.request_nonce`` is set, the attestation carries that nonce (``nonce``, if
+    given too, must be the same bytes): ``verify`` checks that they agree.
     """
+    if facts.request_nonce is not None:
+        wanted = bytes.fromhex(facts.request_nonce)
+        if nonce is not None and nonce != wanted:
+            raise ValueError("nonce differs from facts.request_nonce")
+        nonce = wanted
     builder_id = BUILDER_ID_DEV if getattr(nsm, "is_dev", False) else BUILDER_ID_NITRO
     statement = build_statement(facts, hashlib.sha256(output).hexdigest(),
                                 builder_id=builder_id)

@@ -2,8 +2,11 @@
 
 Wire them into the main parser with ``register(subparsers)``; each subparser sets
 ``func`` to a handler ``handler(args) -> int`` that prints one line per check and
-returns 0 when every check passed, 1 otherwise. Unreadable files and bad policy files
-raise :class:`~sops_enclave.errors.SopsError` subclasses with a one-line message::
+returns 0 when every check passed, 1 otherwise. Unreadable files, bad policy files and
+flags that cannot work together raise :class:`~sops_enclave.errors.SopsError` subclasses
+with a one-line message. Text output escapes control characters (see :mod:`.safe_text`);
+``--json`` leaves escaping to ``json.dumps`` and holds receipt strings only when the
+signature verified::
 
     p = argparse.ArgumentParser(); sp = p.add_subparsers(); register(sp)
     args = p.parse_args(["attestation", "doc.cose", "--allow-debug"])
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -27,10 +31,12 @@ from .attestation import (
 from .builder import receipt_path
 from .dev_root import local_dev_root_fingerprint
 from .errors import ReceiptError
+from .git_check import SubjectPathError, repo_toplevel, subject_name
 from .nitro_root import AWS_NITRO_ROOT_G1_SHA256, normalize_fingerprint
 from .pcr_policy import PCRPolicy, parse_pcr_assignment
-from .policy import ReceiptPolicy
-from .verifier import MAX_RECEIPT_SIZE, RECEIPT_STEPS, verify_receipt
+from .policy import ReceiptPolicy, check_ref, parse_time
+from .safe_text import escape
+from .verifier import MAX_RECEIPT_SIZE, RECEIPT_STEPS, VerifiedReceipt, verify_receipt
 
 __all__ = ["register", "cmd_attestation", "cmd_verify"]
 
@@ -54,6 +60,20 @@ def _arg_at(text: str) -> At:
         raise argparse.ArgumentTypeError(
             f"expected doc, now or an ISO-8601 time, got {text!r}") from None
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _arg_time(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _arg_ref(text: str) -> str:
+    try:
+        return check_ref(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _arg_fingerprint(text: str) -> str:
@@ -87,19 +107,37 @@ def register(subparsers: Any) -> None:
     v = subparsers.add_parser(
         "verify", help="verify an output file against its receipt, offline",
         description="Verify OUTPUT against OUTPUT.receipt.json: attestation, PCR policy, "
-                    "binding, DSSE signature, output digest and optionally the git blobs.")
+                    "binding, DSSE signature, output digest and path, optionally the git "
+                    "commit (blobs, reachability, freshness), key sources, enclave policy "
+                    "and commit signer.")
     v.add_argument("output", metavar="OUTPUT", help="the output file the receipt is for")
     v.add_argument("--receipt", metavar="PATH", help="receipt file (default OUTPUT"
                    ".receipt.json)")
     g = v.add_mutually_exclusive_group()
     g.add_argument("--policy", metavar="FILE", help="YAML policy file (PCR sets, root, "
-                   "host-held keys)")
+                   "host-held keys, signers, enclave policies, ref, not_before)")
     g.add_argument("--pcr", action="append", default=[], type=_arg_pcr, metavar="N=HEX",
-                   help="require PCR N to equal HEX (repeatable)")
-    v.add_argument("--repo", metavar="DIR", help="check the commit and input blobs in this "
-                   "git repository")
+                   help="require PCR N to equal HEX (repeatable; PCR0, or PCR1 and PCR2, "
+                        "or PCR8 must be among them)")
+    v.add_argument("--repo", metavar="DIR", help="the git repository: check the commit, the "
+                   "input blobs and that a branch or tag holds the commit; OUTPUT's path is "
+                   "taken relative to DIR")
+    v.add_argument("--ref", type=_arg_ref, metavar="REF", help="with --repo: the commit must "
+                   "be an ancestor of REF (e.g. origin/main)")
+    v.add_argument("--not-before", type=_arg_time, metavar="ISO-8601",
+                   help="with --repo: the commit's committer time must be at or after this")
+    v.add_argument("--subject", metavar="NAME", help="the repository path the receipt must "
+                   "name (default: OUTPUT's path relative to --repo or to its git work tree)")
+    v.add_argument("--signer", action="append", default=[], metavar="PRINCIPAL|SHA256:FP",
+                   help="the commit signer must be this principal or key fingerprint "
+                        "(repeatable: any of them)")
+    v.add_argument("--enclave-policy", action="append", default=[], metavar="FILE",
+                   help="the run must have enforced this enclave policy file (its sha256; "
+                        "repeatable: any of them)")
     v.add_argument("--allow-dev", action="store_true",
                    help="accept receipts from the software NSM (dev root)")
+    v.add_argument("--allow-unrestricted", action="store_true",
+                   help="accept a dev receipt of a run without an enclave policy")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=cmd_verify)
 
@@ -121,13 +159,18 @@ def _pcr_policy(items: list[str]) -> PCRPolicy | None:
         raise ConflictingParameters(f"--pcr: {e}") from None
 
 
+def _line(out: TextIO, text: str) -> None:
+    """Write one line with every control character escaped (see :mod:`.safe_text`)."""
+    out.write(escape(text) + "\n")
+
+
 def _print_checks(out: TextIO, steps: tuple[tuple[int, str], ...],
                   results: dict[int, tuple[str, str]], dev: bool) -> None:
     tag = " (dev)" if dev else ""
     for n, name in steps:
         status, detail = results.get(n, ("not run", ""))
         label = f"[{n}] {name} ".ljust(_WIDTH, ".")
-        out.write(f"{label} {status}{tag}{': ' + detail if detail else ''}\n")
+        _line(out, f"{label} {status}{tag}{': ' + detail if detail else ''}")
 
 
 def _checks_json(steps: tuple[tuple[int, str], ...],
@@ -205,19 +248,22 @@ def cmd_attestation(args: argparse.Namespace, out: TextIO | None = None) -> int:
     _print_checks(out, STEPS, results, dev)
     if doc is not None:
         f = _doc_fields(doc)
-        out.write("fields:\n" if error is None else "fields (NOT verified):\n")
+        _line(out, "fields:" if error is None else "fields (NOT verified):")
         for key in ("module_id", "timestamp", "digest", "root_fingerprint",
                     "public_key", "user_data", "nonce"):
-            out.write(f"  {key}: {f[key] if f[key] is not None else '(none)'}\n")
+            _line(out, f"  {key}: {f[key] if f[key] is not None else '(none)'}")
         for k, v in f["pcrs"].items():
-            out.write(f"  pcr{k}: {v}\n")
+            _line(out, f"  pcr{k}: {v}")
     tag = " (dev)" if dev else ""
-    out.write(f"attestation verified{tag}\n" if error is None else
-              f"attestation NOT verified{tag}: check [{error.step}] {error.check} failed\n")
+    _line(out, f"attestation verified{tag}" if error is None else
+          f"attestation NOT verified{tag}: check [{error.step}] {error.check} failed")
     return 0 if error is None else 1
 
 
 def _policy_for(args: argparse.Namespace) -> ReceiptPolicy:
+    """The policy file (or ``--pcr``) with the command-line requirements added. A
+    requirement given both in the file and as a flag is an error, not a silent merge."""
+    fields: dict[str, Any] = {}
     if args.policy:
         text = _read(args.policy, 1024 * 1024)
         try:
@@ -225,15 +271,76 @@ def _policy_for(args: argparse.Namespace) -> ReceiptPolicy:
         except ValueError as e:
             raise ConfigError(f"{args.policy}: {e}") from None
     else:
-        policy = ReceiptPolicy(pcrs=_pcr_policy(args.pcr))
+        pcrs = _pcr_policy(args.pcr)
+        try:
+            policy = ReceiptPolicy(pcrs=pcrs)
+        except ValueError as e:
+            raise ConflictingParameters(f"--pcr: {e}") from None
+    digests = tuple(hashlib.sha256(_read(f)).hexdigest() for f in args.enclave_policy)
+    for flag, key, value in (("--ref", "ref", args.ref),
+                             ("--not-before", "not_before", args.not_before),
+                             ("--signer", "signers", tuple(args.signer)),
+                             ("--enclave-policy", "enclave_policy_sha256", digests)):
+        if not value:
+            continue
+        if getattr(policy, key):
+            raise ConflictingParameters(f"{flag} given, and the policy file sets {key}: "
+                                        "use one of them")
+        fields[key] = value
+    if args.allow_unrestricted:
+        fields["allow_unrestricted"] = True
     if args.allow_dev and policy.dev_root_fingerprint is None:
         try:
             fp = local_dev_root_fingerprint(environ=os.environ)
         except (OSError, ValueError):
             fp = None  # no local dev CA: a dev receipt then fails its root check
         if fp:
-            policy = dataclasses.replace(policy, dev_root_fingerprint=fp)
+            fields["dev_root_fingerprint"] = fp
+    try:
+        policy = dataclasses.replace(policy, **fields)
+    except ValueError as e:
+        raise ConflictingParameters(str(e)) from None
+    if args.repo is None and (policy.ref is not None or policy.not_before is not None):
+        which = "--ref" if policy.ref is not None else "--not-before"
+        raise ConflictingParameters(
+            f"{which} (or the policy's ref/not_before) needs --repo DIR: reachability and "
+            "commit time are read from a clone, the receipt does not record them")
     return policy
+
+
+def _expected_subject(args: argparse.Namespace) -> tuple[str, str]:
+    """``(name, how)``: the repository path OUTPUT must have in the receipt."""
+    if args.subject is not None:
+        return args.subject, "--subject"
+    if args.repo is not None:
+        root, how = args.repo, "--repo"
+    else:
+        top = repo_toplevel(os.path.dirname(os.path.abspath(args.output)))
+        if top is None:
+            raise ConflictingParameters(
+                f"{args.output} is not inside a git work tree, so its repository path "
+                "cannot be compared with the receipt's subject: pass --repo DIR (the "
+                "repository it belongs to) or --subject NAME (the path the receipt must "
+                "name, for a file moved on purpose)")
+        root, how = str(top), "the git work tree"
+    try:
+        return subject_name(args.output, root), how
+    except SubjectPathError as e:
+        raise ConflictingParameters(f"{e}; pass --subject NAME to name the repository path "
+                                    "the receipt must have") from None
+
+
+def _statement_json(result: VerifiedReceipt) -> dict[str, Any]:
+    st = result.statement
+    return {"subject": st.subject_name, "sha256": st.subject_sha256,
+            "repository": st.repository, "host_asserted": list(st.host_asserted),
+            "commit": st.commit, "manifest": st.manifest_path, "target": st.target,
+            "inputs": [dataclasses.asdict(i) for i in st.inputs], "builder": st.builder_id,
+            "unrestricted": st.unrestricted,
+            "enclave_policy": None if st.unrestricted else {
+                "sha256": st.enclave_policy_sha256, "document": st.enclave_policy_document},
+            "signer": None if st.signer is None else dataclasses.asdict(st.signer),
+            "request_nonce": st.request_nonce}
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -243,34 +350,39 @@ def cmd_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
     output = _read(args.output)
     receipt = _read(rpath, MAX_RECEIPT_SIZE + 1)
     policy = _policy_for(args)
+    expected, how = _expected_subject(args)
+    result: VerifiedReceipt | None = None
     try:
         result = verify_receipt(receipt, output, policy, allow_dev=args.allow_dev,
-                                repo=args.repo)
+                                repo=args.repo, expected_subject=expected)
     except ReceiptError as e:
         results = dict(e.completed)
         results[e.step] = ("FAILED", e.reason)
-        dev, ok, summary = e.dev, False, f"check [{e.step}] {e.check} failed"
+        dev, summary = e.dev, f"check [{e.step}] {e.check} failed"
     else:
         results = dict(result.details)
         st = result.statement
-        dev, ok = result.dev, True
-        summary = (f"{st.subject_name} from {st.repository} @ {st.commit[:12]}, "
+        dev = result.dev
+        asserted = " (host-asserted)" if "uri" in st.host_asserted else ""
+        summary = (f"{st.subject_name} from {st.repository}{asserted} @ {st.commit[:12]}, "
                    f"target {st.target}")
+    ok = result is not None
     tag = " (dev)" if dev else ""
     if args.json:
+        # Receipt strings appear only once verified; json.dumps escapes every control and
+        # non-ASCII character.
         obj: dict[str, Any] = {"ok": ok, "dev": dev, "output": args.output, "receipt": rpath,
+                               "expected_subject": expected, "subject_from": how,
                                "checks": _checks_json(RECEIPT_STEPS, results)}
-        if ok:
-            st = result.statement
-            obj["statement"] = {"subject": st.subject_name, "sha256": st.subject_sha256,
-                                "repository": st.repository, "commit": st.commit,
-                                "manifest": st.manifest_path, "target": st.target,
-                                "inputs": [dataclasses.asdict(i) for i in st.inputs],
-                                "builder": st.builder_id}
+        if result is not None:
+            obj["statement"] = _statement_json(result)
             obj["attestation"] = _doc_fields(result.attestation)
         out.write(json.dumps(obj, indent=2) + "\n")
         return 0 if ok else 1
     _print_checks(out, RECEIPT_STEPS, results, dev)
-    out.write(f"receipt verified{tag}: {summary}\n" if ok else
-              f"receipt NOT verified{tag}: {summary}\n")
+    if how == "--subject":
+        _line(out, f"note{tag}: the path compared with the receipt was given with "
+                   f"--subject: {expected}")
+    _line(out, f"receipt verified{tag}: {summary}" if ok else
+          f"receipt NOT verified{tag}: {summary}")
     return 0 if ok else 1

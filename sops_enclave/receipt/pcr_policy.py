@@ -7,6 +7,11 @@ every PCR the set names has exactly the listed value. Several sets cover rollout
     policy = PCRPolicy.from_hex([{0: "f4d4...", 1: "bcdf...", 2: "d8f1..."}])
     policy = PCRPolicy.from_assignments(["0=f4d4...", "1=bcdf..."])   # the CLI's --pcr
     matched = policy.check(doc.pcrs)   # 1-based number of the matching set; raises PCRMismatch
+
+For receipts every allowed set must identify an image (:meth:`PCRPolicy.require_image_pinned`):
+it names PCR0 (the whole image), or PCR1 and PCR2 together (kernel and application), or
+PCR8 (the image's signing certificate). A set of, say, PCR3 alone (the IAM role) or PCR1
+alone (the kernel every image shares) would accept any code.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
-__all__ = ["PCRMismatch", "PCRPolicy", "parse_pcr_index", "parse_pcr_value",
+__all__ = ["PCRMismatch", "PCRPolicy", "IMAGE_PINS", "parse_pcr_index", "parse_pcr_value",
            "parse_pcr_assignment", "PCR_LENGTHS", "MAX_PCR_INDEX"]
 
 #: Byte lengths a PCR may have (SHA-256/384/512); Nitro documents use 48.
 PCR_LENGTHS = (32, 48, 64)
 MAX_PCR_INDEX = 31
+#: PCR sets that identify an image; an allowed set must include one of them.
+IMAGE_PINS: tuple[frozenset[int], ...] = (frozenset({0}), frozenset({1, 2}), frozenset({8}))
 _INDEX = re.compile(r"(?:pcr)?([0-9]{1,2})", re.IGNORECASE)
 
 
@@ -116,6 +123,16 @@ class PCRPolicy:
                 return n
             problems.append(("set %d: " % n if len(self.allowed) > 1 else "") + "; ".join(bad))
         raise PCRMismatch(" | ".join(problems))
+
+    def require_image_pinned(self) -> None:
+        """Raise ``ValueError`` ("no image pinned") unless every allowed set names PCR0,
+        or PCR1 and PCR2, or PCR8."""
+        for n, allowed in enumerate(self.allowed, 1):
+            if not any(pin <= allowed.keys() for pin in IMAGE_PINS):
+                names = ", ".join(f"PCR{i}" for i in sorted(allowed))
+                where = f"allowed set {n} ({names})" if len(self.allowed) > 1 else names
+                raise ValueError(f"no image pinned: {where} would accept any enclave image; "
+                                 "pin PCR0, or PCR1 and PCR2 together, or PCR8")
 
     def to_hex(self) -> list[dict[int, str]]:
         """The sets as ``{index: hex}`` dicts (for JSON output)."""

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import textwrap
 from typing import Mapping, Sequence
 
 
-from sops_enclave.errors import CouldNotRetrieveKey, KeyMismatch, SopsError
-from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, PGPEntry
+from sops_enclave.errors import CouldNotRetrieveKey, KeyMismatch, SopsError, go_wordwrap
+from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, OtherEntry, PGPEntry
 from sops_enclave.metadata import format_time
 
 __all__ = ["LocalKeyService", "get_data_key", "protect_data_key", "DEFAULT_DECRYPTION_ORDER",
@@ -47,13 +46,12 @@ class LocalKeyService:
 
     def __init__(self, env: Mapping[str, str] | None = None):
         self.env = dict(os.environ if env is None else env)
-        self._age_ids: list | None = None
 
-    def age_identities(self) -> list:
-        if self._age_ids is None:
-            from sops_enclave.keys.discovery import age_identities
-            self._age_ids = age_identities(self.env)
-        return self._age_ids
+    def age_identities(self, recipient: str = ""):
+        """Identity discovery for one age key, as sops does it: afresh for every key (so
+        ``SOPS_AGE_KEY_CMD`` sees that key's ``SOPS_AGE_RECIPIENT``)."""
+        from sops_enclave.keys.discovery import load_age_identities
+        return load_age_identities(self.env, recipient)
 
     def encrypt(self, entry: KeyEntry, plaintext: bytes) -> str:
         if isinstance(entry, AgeEntry):
@@ -71,7 +69,9 @@ class LocalKeyService:
     def decrypt(self, entry: KeyEntry) -> bytes:
         if isinstance(entry, AgeEntry):
             from sops_enclave.keys import age
-            return age.unwrap(entry.enc, self.age_identities())
+            found = self.age_identities(entry.recipient)
+            return age.unwrap(entry.enc, found.identities, errors=found.errors,
+                              unused=found.unused, env=self.env)
         if isinstance(entry, PGPEntry):
             from sops_enclave.keys import pgp
             from sops_enclave.keys.discovery import gpg_exec
@@ -84,8 +84,22 @@ class LocalKeyService:
 
 
 def _key_name(e: KeyEntry) -> str:
-    if isinstance(e, KMSEntry):
-        return e.arn
+    """sops' ``MasterKey.ToString()`` of a key, the name the failure report shows."""
+    if isinstance(e, OtherEntry):
+        f = {k: v for k, v in e.fields if isinstance(k, str)}
+
+        def g(k: str) -> str:
+            v = f.get(k)
+            return "" if v is None else str(v)
+
+        if e.type == "gcp_kms":
+            return g("resource_id")
+        if e.type == "azure_kv":
+            return f"{g('vault_url')}/keys/{g('name')}/{g('version')}"
+        if e.type == "hc_vault":
+            return f"{g('vault_address')}/v1/{g('engine_path')}/keys/{g('key_name')}"
+        if e.type == "hckms":
+            return g("key_id")
     return e.ident()
 
 
@@ -94,77 +108,100 @@ def _order(group: Sequence[KeyEntry], order: Sequence[str]) -> list[KeyEntry]:
     return sorted(group, key=lambda e: rank.get(e.type, len(rank)))
 
 
-def _wrap_lines(s: str, width: int) -> str:
-    out = []
-    for para in s.split("\n"):
-        out.append(textwrap.fill(para, width, break_long_words=False, break_on_hyphens=False)
-                   if len(para) > width else para)
-    return "\n".join(out)
+def _prefix_lines(text: str, prefix: str) -> str:
+    """goware/prefixer: ``prefix`` before every line, empty ones too (none after a final
+    newline)."""
+    parts = text.split("\n")
+    out = [prefix + p for p in parts[:-1]]
+    if parts[-1]:
+        out.append(prefix + parts[-1])
+        return "\n".join(out)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _colored(status: str, code: int) -> str:
+    """fatih/color as sops uses it: colour only when stdout is a terminal, TERM is not
+    ``dumb`` and NO_COLOR is unset."""
+    import sys
+
+    try:
+        tty = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if not tty or os.environ.get("TERM") == "dumb" or os.environ.get("NO_COLOR"):
+        return status
+    return f"\x1b[{code}m{status}\x1b[0m"
 
 
 def _key_error_text(name: str, errs: list[str]) -> str:
     msgs = []
     for err in errs:
-        wrapped = _wrap_lines(err, 60)
-        m = "\n".join("  | " + ln for ln in wrapped.split("\n"))
+        m = _prefix_lines(go_wordwrap(err, 60), "  | ")
         msgs.append("-" + m[1:])
-    joined = "\n\n".join(msgs)
-    return f"{name}: FAILED\n" + "\n".join("  " + ln for ln in joined.split("\n"))
+    body = _prefix_lines("\n\n".join(msgs), "  ")
+    return f"{name}: {_colored('FAILED', 31)}\n{body}"
+
+
+def _trailer(threshold: int, successful: int) -> str:
+    if threshold == 0:
+        t = ("Recovery failed because no master key was able to decrypt the file. In "
+             "order for SOPS to recover the file, at least one key has to be successful, "
+             "but none were.")
+    else:
+        t = (f"Recovery failed because the file was encrypted with a Shamir threshold of "
+             f"{threshold}, but only {successful} part(s) were successfully recovered, one for "
+             f"each successful key group. In order for SOPS to recover the file, at least "
+             f"{threshold} groups have to be successful. In order for a group to be "
+             f"successful, decryption has to succeed with any of the keys in that key group.")
+    return go_wordwrap(t, 75)
+
+
+def _decrypt_entry(entry: KeyEntry, services: Sequence) -> tuple[bytes | None, list[str]]:
+    errs: list[str] = []
+    for svc in services:
+        try:
+            return svc.decrypt(entry), errs
+        except KeyMismatch as e:
+            errs.append(str(e))
+        except SopsError as e:
+            errs.append(e.message)
+    return None, errs
 
 
 def get_data_key(md: Metadata, services: Sequence, order: Sequence[str] = DEFAULT_DECRYPTION_ORDER) -> bytes:
-    """The data key, from any key of the only group, or from >= threshold groups."""
-    results: list[bytes | None] = []
+    """The data key, from any key of the only group, or from >= threshold groups.
+
+    As sops, every group is tried; a group stops at its first key that works. The failure
+    report (exit 128) is sops' text byte for byte: key errors wrapped at 60 columns behind
+    ``  | ``, every line of a group indented (the blank line between two keys too)."""
     reports: list[str] = []
-    needed = 1 if len(md.key_groups) <= 1 else (md.shamir_threshold or len(md.key_groups))
     parts: list[bytes] = []
     for gi, group in enumerate(md.key_groups):
         got = None
         key_reports = []
         for entry in _order(group, order):
-            errs = []
-            for svc in services:
-                try:
-                    got = svc.decrypt(entry)
-                    break
-                except KeyMismatch as e:
-                    errs.append(str(e))
-                except SopsError as e:
-                    errs.append(e.message)
+            got, errs = _decrypt_entry(entry, services)
             if got is not None:
                 break
             key_reports.append(_key_error_text(_key_name(entry), errs))
         if got is not None:
             parts.append(got)
-            reports.append(f"Group {gi}: SUCCESS")
-            if len(parts) >= needed:
-                break
+            reports.append(f"Group {gi}: {_colored('SUCCESS', 32)}")
         else:
-            body = "\n\n".join(key_reports)
-            reports.append(f"Group {gi}: FAILED\n" + "\n".join("  " + ln if ln else ln
-                                                                for ln in body.split("\n")))
-        results.append(got)
-    if len(parts) >= needed:
-        if len(md.key_groups) <= 1:
-            return parts[0]
-        try:
-            from sops_enclave import shamir
-            return shamir.combine(parts)
-        except ValueError as e:
-            raise CouldNotRetrieveKey(f"could not combine Shamir shares: {e}") from None
-    if len(md.key_groups) <= 1:
-        trailer = ("Recovery failed because no master key was able to decrypt the file. In "
-                   "order for SOPS to recover the file, at least one key has to be successful, "
-                   "but none were.")
-    else:
-        trailer = (f"Recovery failed because the file was encrypted with a Shamir threshold of "
-                   f"{needed}, but only {len(parts)} part(s) were successfully recovered, one for "
-                   f"each successful key group. In order for SOPS to recover the file, at least "
-                   f"{needed} groups have to be successful. In order for a group to be "
-                   f"successful, decryption has to succeed with any of the keys in that key group.")
-    trailer = textwrap.fill(trailer, 75, break_long_words=False, break_on_hyphens=False)
+            body = _prefix_lines("\n\n".join(key_reports), "  ")
+            reports.append(f"Group {gi}: {_colored('FAILED', 31)}\n{body}")
+    threshold = md.shamir_threshold
+    if len(md.key_groups) > 1:
+        if len(parts) >= threshold:
+            try:
+                from sops_enclave import shamir
+                return shamir.combine(parts)
+            except ValueError as e:
+                raise CouldNotRetrieveKey(f"could not get data key from shamir parts: {e}") from None
+    elif len(parts) == 1:
+        return parts[0]
     raise CouldNotRetrieveKey("Failed to get the data key required to decrypt the SOPS file.\n\n"
-                              + "\n\n".join(reports) + "\n\n" + trailer)
+                              + "\n\n".join(reports) + "\n\n" + _trailer(threshold, len(parts)))
 
 
 def protect_data_key(md: Metadata, data_key: bytes, services: Sequence,

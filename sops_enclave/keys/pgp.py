@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from typing import Mapping
 
-from sops_enclave.errors import KeyMismatch, SopsError
+from sops_enclave.errors import KeyMismatch, SopsError, go_errno_text
 
-__all__ = ["wrap", "unwrap"]
+__all__ = ["wrap", "unwrap", "gnupg_home"]
 
 
 def wrap(data_key: bytes, fingerprint: str, gpg: str = "gpg", env: dict | None = None) -> str:
@@ -25,14 +27,56 @@ def wrap(data_key: bytes, fingerprint: str, gpg: str = "gpg", env: dict | None =
     return p.stdout.decode("ascii").strip()
 
 
-def unwrap(enc: str, gpg: str = "gpg", env: dict | None = None) -> bytes:
+def gnupg_home(env: Mapping[str, str] | None = None) -> str:
+    """sops' ``gnuPGHome``: ``$GNUPGHOME``, else the user's home directory + ``.gnupg``."""
+    env = os.environ if env is None else env
+    d = env.get("GNUPGHOME", "")
+    if d:
+        return d
     try:
-        p = subprocess.run([gpg, "--use-agent", "--quiet", "--batch", "-d"], input=enc.encode(),
-                           capture_output=True, env=env, timeout=120)
+        import pwd
+
+        return os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".gnupg")
+    except (ImportError, KeyError):
+        return os.path.join(env.get("HOME", ""), ".gnupg")
+
+
+def _openpgp_attempt(env: Mapping[str, str] | None) -> str:
+    """What sops' built-in OpenPGP attempt reports. sops first reads the legacy keyrings
+    (``secring.gpg``, else ``pubring.gpg``) with go-crypto; GnuPG >= 2.1 homes have neither,
+    so this is nearly always "could not load secring: open ...: no such file or directory".
+    A legacy keyring that exists is not read here (gpg reads it): the text is then sops'
+    usual one for a key that is not in it."""
+    home = gnupg_home(env)
+    path = os.path.join(home, "secring.gpg")
+    try:
+        os.lstat(path)
     except FileNotFoundError:
-        raise KeyMismatch(f"gpg binary {gpg!r} not found (set SOPS_GPG_EXEC)") from None
-    if p.returncode != 0 or not p.stdout:
-        lines = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise KeyMismatch("failed to decrypt sops data key with pgp: " +
-                          (lines[-1] if lines else "gpg returned no data"))
-    return p.stdout
+        path = os.path.join(home, "pubring.gpg")
+    except OSError as e:
+        return f"could not load secring: lstat {path}: {go_errno_text(e)}"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        return f"could not load secring: open {path}: {go_errno_text(e)}"
+    return "reading PGP message failed: openpgp: incorrect key"
+
+
+def unwrap(enc: str, gpg: str = "gpg", env: dict | None = None) -> bytes:
+    """The data key through ``gpg -d`` (the arguments sops uses). The error text is sops':
+    the built-in keyring attempt, then gpg's whole stderr."""
+    try:
+        p = subprocess.run([gpg, "-d"], input=enc.encode(), capture_output=True, env=env,
+                           timeout=120)
+        out, err, rc = p.stdout, p.stderr.decode("utf-8", "replace").strip(), p.returncode
+    except FileNotFoundError:
+        out, err, rc = b"", "", 1
+    if rc != 0:
+        why = f"failed to decrypt sops data key with pgp: {err}"
+    elif not out:
+        why = "failed to decrypt sops data key with pgp: zero bytes returned"
+    else:
+        return out
+    raise KeyMismatch("could not decrypt data key with PGP key: github.com/ProtonMail/go-crypto/"
+                      f"openpgp error: {_openpgp_attempt(env)}; GnuPG binary error: {why}")

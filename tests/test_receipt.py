@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sops_enclave.devtools.nsm_soft import SoftNSM, measure_bundle
-from sops_enclave.errors import ConfigError, CouldNotReadInputFile
+from sops_enclave.errors import ConfigError, ConflictingParameters, CouldNotReadInputFile
 from sops_enclave.receipt import (
-    InputRecord, KMSKeyUse, KMSRecipient, MergeConflict, OutputRecipients, PCRPolicy,
-    ReceiptError, ReceiptFacts, ReceiptPolicy, build_receipt, verify_receipt)
+    EnclavePolicyRecord, InputRecord, KMSKeyUse, KMSRecipient, MergeConflict, OutputRecipients,
+    PCRPolicy, ReceiptError, ReceiptFacts, ReceiptPolicy, SignerRecord, build_receipt,
+    verify_receipt)
 from sops_enclave.receipt.cli import register
 from sops_enclave.receipt.dsse import PAYLOAD_TYPE_INTOTO, Envelope, pae
 from sops_enclave.receipt.statement import BUILDER_ID_DEV, parse_statement
@@ -536,3 +537,294 @@ def test_example_audit_policy_parses():
     text = (Path(__file__).resolve().parents[1] / "examples" / "audit-policy.yaml").read_text()
     policy = ReceiptPolicy.from_yaml(text)
     assert policy.allow_host_keys is False and policy.pcrs is not None
+
+
+# --------------------------------------------------------------------------- enclave policy,
+# commit signer and request nonce (issue #11)
+
+ENCLAVE_POLICY = ("version: 1\ncommit_signers:\n  - \"release@example.com ssh-ed25519 AAAA\"\n"
+                  "outputs: {kms: [\"arn:aws:kms:eu-west-1:111122223333:key/*\"]}\n")
+NONCE = "a1" * 32
+
+
+def _ssh_fingerprint() -> str:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding as E, PublicFormat as F
+
+    line = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(E.OpenSSH, F.OpenSSH)
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+@pytest.fixture(scope="module")
+def signer() -> SignerRecord:
+    return SignerRecord("release@example.com,ops@example.com", "ssh-ed25519",
+                        _ssh_fingerprint())
+
+
+@pytest.fixture(scope="module")
+def restricted_facts(facts, signer) -> ReceiptFacts:
+    record = EnclavePolicyRecord(hashlib.sha256(ENCLAVE_POLICY.encode()).hexdigest(),
+                                 ENCLAVE_POLICY)
+    return replace(facts, enclave_policy=record, signer=signer, request_nonce=NONCE)
+
+
+@pytest.fixture(scope="module")
+def restricted(restricted_facts, nsm, key) -> bytes:
+    return build_receipt(restricted_facts, OUTPUT, signing_key=key, nsm=nsm)
+
+
+def _strict(receipt, policy, **kw):
+    return _verify(receipt, policy, allow_unrestricted=False, **kw)
+
+
+def _statement(receipt: bytes) -> dict:
+    return json.loads(base64.b64decode(json.loads(receipt)["envelope"]["payload"]))
+
+
+def test_restricted_statement_shape(restricted, restricted_facts, signer):
+    st = _statement(restricted)
+    ip = st["predicate"]["buildDefinition"]["internalParameters"]
+    assert ip["enclavePolicy"] == {"sha256": restricted_facts.enclave_policy.sha256,
+                                   "document": ENCLAVE_POLICY}
+    assert ip["commitSigner"] == {"principal": signer.principal, "keyType": "ssh-ed25519",
+                                  "fingerprint": signer.fingerprint}
+    assert ip["requestNonce"] == NONCE
+    source = st["predicate"]["buildDefinition"]["resolvedDependencies"][0]
+    assert source["annotations"] == {"role": "source", "hostAsserted": ["uri"]}
+    # The attestation carries the request nonce (build_receipt takes it from the facts).
+    from sops_enclave.receipt.attestation import parse_attestation
+    doc = parse_attestation(base64.b64decode(json.loads(restricted)["attestation"]))
+    assert doc.nonce == bytes.fromhex(NONCE)
+    parsed = parse_statement(base64.b64decode(json.loads(restricted)["envelope"]["payload"]))
+    assert not parsed.unrestricted and parsed.signer == signer
+    assert parsed.enclave_policy_sha256 == restricted_facts.enclave_policy.sha256
+    assert parsed.enclave_policy_document == ENCLAVE_POLICY
+    assert parsed.request_nonce == NONCE and parsed.host_asserted == ("uri",)
+
+
+def test_unrestricted_statement_shape(receipt):
+    ip = _statement(receipt)["predicate"]["buildDefinition"]["internalParameters"]
+    assert ip["enclavePolicy"] == {"unrestricted": True}
+    assert ip["commitSigner"] is None and ip["requestNonce"] is None
+
+
+def test_restricted_receipt_verifies_and_shows_signer_and_policy(restricted, policy,
+                                                                 restricted_facts, signer):
+    r = _strict(restricted, policy, expected_subject="deploy/api/prod.enc.json")
+    assert [r.details[n][0] for n in range(1, 11)] == ["ok"] * 6 + ["skipped"] + ["ok"] * 3
+    assert f"sha256 {restricted_facts.enclave_policy.sha256}" in r.details[9][1]
+    assert r.details[10][1] == f"{signer.principal} (ssh-ed25519 {signer.fingerprint})"
+    assert f"nonce {NONCE[:16]}" in r.details[4][1]
+
+
+def test_unrestricted_dev_receipt_needs_allow_unrestricted(receipt, policy):
+    err = _refused(9, receipt, policy, allow_unrestricted=False)
+    assert "UNRESTRICTED" in err.reason and "--allow-unrestricted" in err.reason
+    assert "UNRESTRICTED" in _verify(receipt, policy).details[9][1]
+    _verify(receipt, replace(policy, allow_unrestricted=True), allow_unrestricted=False)
+    # Asking for a particular enclave policy cannot be met by a run that had none.
+    pinned = replace(policy, enclave_policy_sha256=("ab" * 32,))
+    assert "UNRESTRICTED" in _refused(9, receipt, pinned).reason
+    # Asking for a signer cannot either.
+    err = _refused(10, receipt, replace(policy, signers=("release@example.com",)))
+    assert "no commit signer" in err.reason
+
+
+def test_unrestricted_aws_receipt_is_refused_even_with_the_flag(receipt, restricted, policy,
+                                                                nsm, monkeypatch):
+    """A Nitro image always holds a policy: an AWS-rooted unrestricted receipt is refused
+    whatever the flags. (The dev root stands in for the AWS one here.)"""
+    from sops_enclave.receipt import verifier
+
+    monkeypatch.setattr(verifier, "AWS_NITRO_ROOT_G1_SHA256", nsm.root_fingerprint)
+    aws = replace(policy, root_fingerprint=nsm.root_fingerprint)
+    err = _refused(9, receipt, aws, allow_dev=False, allow_unrestricted=True)
+    assert not err.dev and "AWS root" in err.reason
+    r = _strict(restricted, aws, allow_dev=False)                    # the control
+    assert not r.dev
+
+
+def test_required_enclave_policy(restricted, policy, restricted_facts):
+    sha = restricted_facts.enclave_policy.sha256
+    r = _strict(restricted, replace(policy, enclave_policy_sha256=("cd" * 32, sha.upper())))
+    assert "as required" in r.details[9][1]
+    err = _refused(9, restricted, replace(policy, enclave_policy_sha256=("cd" * 32,)),
+                   allow_unrestricted=False)
+    assert sha in err.reason and "cd" * 32 in err.reason
+
+
+def test_policy_document_must_hash_to_its_sha256(restricted_facts, nsm, key, policy):
+    record = EnclavePolicyRecord(restricted_facts.enclave_policy.sha256, ENCLAVE_POLICY)
+    object.__setattr__(record, "document", ENCLAVE_POLICY.replace("release@", "anyone@"))
+    forged = build_receipt(replace(restricted_facts, enclave_policy=record), OUTPUT,
+                           signing_key=key, nsm=nsm)
+    err = _refused(9, forged, policy, allow_unrestricted=False)
+    assert "does not hash" in err.reason
+    with pytest.raises(ValueError, match="does not hash"):
+        EnclavePolicyRecord("ab" * 32, ENCLAVE_POLICY)
+
+
+@pytest.mark.parametrize("wanted,ok", [
+    ("release@example.com", True), ("ops@example.com", True),
+    ("release@example.com,ops@example.com", True), ("FINGERPRINT", True),
+    ("release@example", False), ("elease@example.com", False), ("OTHER_FINGERPRINT", False)])
+def test_required_signer(restricted, policy, signer, wanted, ok):
+    wanted = {"FINGERPRINT": signer.fingerprint,
+              "OTHER_FINGERPRINT": _ssh_fingerprint()}.get(wanted, wanted)
+    pol = replace(policy, signers=("nobody@example.com", wanted))
+    if ok:
+        assert _strict(restricted, pol).details[10][1].endswith(", allowed")
+    else:
+        err = _refused(10, restricted, pol, allow_unrestricted=False)
+        assert signer.fingerprint in err.reason and "nobody@example.com" in err.reason
+
+
+def test_nonce_binds_the_attestation(restricted_facts, nsm, key, policy):
+    class OtherNonce:
+        is_dev = True
+
+        def attest(self, public_key=None, user_data=None, nonce=None):
+            return nsm.attest(public_key=public_key, user_data=user_data, nonce=b"\x00" * 32)
+
+    forged = build_receipt(restricted_facts, OUTPUT, signing_key=key, nsm=OtherNonce())
+    assert "nonce" in _refused(4, forged, policy, allow_unrestricted=False).reason
+    with pytest.raises(ValueError, match="nonce"):
+        build_receipt(restricted_facts, OUTPUT, signing_key=key, nsm=nsm, nonce=b"\x01" * 32)
+
+
+def _parse_edited(receipt: bytes, edit) -> None:
+    st = _statement(receipt)
+    edit(st["predicate"]["buildDefinition"])
+    parse_statement(json.dumps(st).encode())
+
+
+@pytest.mark.parametrize("edit", [
+    lambda bd: bd["internalParameters"]["commitSigner"].update(fingerprint="SHA256:abc"),
+    lambda bd: bd["internalParameters"]["commitSigner"].update(
+        fingerprint=bd["internalParameters"]["commitSigner"]["fingerprint"][:-1] + "B"),
+    lambda bd: bd["internalParameters"]["commitSigner"].update(fingerprint="MD5:aa"),
+    lambda bd: bd["internalParameters"]["commitSigner"].update(keyType="ssh-dss"),
+    lambda bd: bd["internalParameters"]["commitSigner"].update(principal="a\x1b[8mb"),
+    lambda bd: bd["internalParameters"]["commitSigner"].update(principal=""),
+    lambda bd: bd["internalParameters"]["commitSigner"].update(extra=1),
+    lambda bd: bd["internalParameters"].update(commitSigner="release@example.com"),
+    lambda bd: bd["internalParameters"].update(enclavePolicy={"unrestricted": False}),
+    lambda bd: bd["internalParameters"].update(enclavePolicy={"unrestricted": 1}),
+    lambda bd: bd["internalParameters"].update(enclavePolicy=None),
+    lambda bd: bd["internalParameters"]["enclavePolicy"].update(unrestricted=True),
+    lambda bd: bd["internalParameters"]["enclavePolicy"].update(sha256="AB" * 32),
+    lambda bd: bd["internalParameters"]["enclavePolicy"].update(document=None),
+    lambda bd: bd["internalParameters"].update(requestNonce="xyz"),
+    lambda bd: bd["internalParameters"].update(requestNonce="abc"),
+    lambda bd: bd["internalParameters"].update(requestNonce=""),
+    lambda bd: bd["internalParameters"].update(requestNonce="AB" * 16),
+    lambda bd: bd["internalParameters"].update(surprise=1),
+    lambda bd: bd["resolvedDependencies"][0]["annotations"].update(hostAsserted=["commit"]),
+    lambda bd: bd["resolvedDependencies"][0]["annotations"].update(hostAsserted="uri"),
+    lambda bd: bd["resolvedDependencies"][0]["annotations"].update(hostAsserted=["uri", "uri"]),
+])
+def test_new_statement_fields_are_strict(restricted, edit):
+    _parse_edited(restricted, lambda bd: None)                       # the control parses
+    with pytest.raises(ValueError):
+        _parse_edited(restricted, edit)
+
+
+def test_statement_without_the_new_fields_is_unrestricted(restricted):
+    st = _statement(restricted)
+    ip = st["predicate"]["buildDefinition"]["internalParameters"]
+    for k in ("enclavePolicy", "commitSigner", "requestNonce"):
+        del ip[k]
+    del st["predicate"]["buildDefinition"]["resolvedDependencies"][0]["annotations"][
+        "hostAsserted"]
+    parsed = parse_statement(json.dumps(st).encode())
+    assert parsed.unrestricted and parsed.signer is None and parsed.request_nonce is None
+    assert parsed.enclave_policy_sha256 is None and parsed.host_asserted == ()
+
+
+def test_new_records_validate_on_construction(facts, signer):
+    for bad in (dict(key_type="ssh-dss"), dict(fingerprint="SHA256:" + "A" * 42),
+                dict(principal="a\u202eb"), dict(principal="")):
+        with pytest.raises(ValueError):
+            replace(signer, **bad)
+    for nonce in ("", "abc", "AB" * 8, "zz", "00" * 1025):
+        with pytest.raises(ValueError):
+            replace(facts, request_nonce=nonce)
+    with pytest.raises(ValueError):
+        replace(facts, signer="release@example.com")
+    assert signer.matches("ops@example.com") and not signer.matches("ops@example")
+
+
+def test_policy_file_new_keys(nsm):
+    p0 = nsm.describe_pcr(0).data.hex()
+    p = ReceiptPolicy.from_yaml(f"""
+pcrs: [{{0: "{p0}"}}]
+allow_unrestricted: true
+signers: ["release@example.com", "SHA256:{'A' * 43}"]
+enclave_policy_sha256: ["{'AB' * 32}"]
+ref: origin/main
+not_before: 2025-01-31T12:00:00+01:00
+""")
+    assert p.allow_unrestricted and p.signers == ("release@example.com", "SHA256:" + "A" * 43)
+    assert p.enclave_policy_sha256 == ("ab" * 32,) and p.ref == "origin/main"
+    assert p.not_before == datetime(2025, 1, 31, 11, tzinfo=UTC)
+    assert ReceiptPolicy.from_yaml("not_before: 2025-01-31").not_before == \
+        datetime(2025, 1, 31, tzinfo=UTC)
+    assert ReceiptPolicy.from_yaml("not_before: '2025-01-31T00:00:00Z'").not_before == \
+        datetime(2025, 1, 31, tzinfo=UTC)
+    for bad in ("allow_unrestricted: maybe", "signers: release@example.com", "signers: []",
+                "signers: [1]", "enclave_policy_sha256: ['abc']",
+                "enclave_policy_sha256: [1234]", "ref: '-x'", "ref: 'a b'",
+                "not_before: yesterday", "pcrs: [{3: '%s'}]" % ("00" * 48),
+                "pcrs: [{1: '%s'}]" % ("00" * 48)):
+        with pytest.raises(ValueError):
+            ReceiptPolicy.from_yaml(bad)
+
+
+@pytest.fixture
+def restricted_files(repo, restricted, ca_dir, monkeypatch):
+    monkeypatch.setenv("SOPS_ENCLAVE_DEV_CA_DIR", str(ca_dir))
+    out = repo / "deploy" / "api" / "prod.enc.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(OUTPUT)
+    (out.parent / "prod.enc.json.receipt.json").write_bytes(restricted)
+    return out
+
+
+def test_cli_signer_and_enclave_policy(restricted_files, nsm, signer, tmp_path):
+    base = ["verify", str(restricted_files), *_pcr_args(nsm), "--allow-dev"]
+    rc, out = _run(base)
+    lines = out.splitlines()
+    assert rc == 0, out
+    assert lines[8].startswith("[9] enclave policy") and "sha256 " in lines[8]
+    assert lines[9].startswith("[10] signer") and signer.fingerprint in lines[9] \
+        and "ssh-ed25519" in lines[9] and signer.principal in lines[9]
+    good = tmp_path / "enclave-policy.yaml"
+    good.write_text(ENCLAVE_POLICY)
+    other = tmp_path / "other.yaml"
+    other.write_text(ENCLAVE_POLICY + "# changed\n")
+    rc, out = _run(base + ["--enclave-policy", str(good), "--signer", signer.fingerprint])
+    assert rc == 0 and "as required" in out and ", allowed" in out
+    rc, out = _run(base + ["--enclave-policy", str(other)])
+    assert rc == 1 and "FAILED" in out.splitlines()[8]
+    rc, out = _run(base + ["--signer", "mallory@example.com"])
+    assert rc == 1 and "FAILED" in out.splitlines()[9]
+    rc, out = _run(base + ["--signer", "mallory@example.com", "--signer", "ops@example.com"])
+    assert rc == 0
+    rc, out = _run(base + ["--json"])
+    obj = json.loads(out)
+    assert obj["statement"]["signer"] == {"principal": signer.principal,
+                                          "key_type": "ssh-ed25519",
+                                          "fingerprint": signer.fingerprint}
+    assert obj["statement"]["enclave_policy"]["document"] == ENCLAVE_POLICY
+    assert obj["statement"]["request_nonce"] == NONCE and not obj["statement"]["unrestricted"]
+    # A requirement in the policy file and as a flag: refused, not merged.
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("pcrs:\n  - {" + ", ".join(
+        f'{i}: "{nsm.describe_pcr(i).data.hex()}"' for i in (0, 1, 2))
+        + "}\nsigners: [release@example.com]\n")
+    rc, out = _run(["verify", str(restricted_files), "--policy", str(pol), "--allow-dev"])
+    assert rc == 0, out
+    with pytest.raises(ConflictingParameters, match="--signer"):
+        _run(["verify", str(restricted_files), "--policy", str(pol), "--allow-dev",
+              "--signer", "x@example.com"])

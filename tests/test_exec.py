@@ -131,14 +131,14 @@ def test_exec_dev_end_to_end(tmp_path, base_env, dev, kms, age_key, sops_bin, en
                       "token": "t0k3n"}
     # The receipt verifies with the dev root and the dev PCRs, and checks against the repo.
     pcr_args = [f"--pcr={i}={pcrs[i].hex()}" for i in (0, 1, 2)]
-    v = run(enclave_bin + ["verify", str(out), "--allow-dev", *pcr_args, "--repo", str(repo)],
+    v = run(enclave_bin + ["verify", str(out), "--allow-dev", "--allow-unrestricted", *pcr_args, "--repo", str(repo)],
             env)
     assert v.returncode == 0, v.stdout + v.stderr
     nodev = run(enclave_bin + ["verify", str(out), *pcr_args], env)
     assert nodev.returncode != 0
     # Changing the output breaks the receipt.
     out.write_bytes(out.read_bytes().replace(b'"sops"', b'"sops" '))
-    bad = run(enclave_bin + ["verify", str(out), "--allow-dev", *pcr_args], env)
+    bad = run(enclave_bin + ["verify", str(out), "--allow-dev", "--allow-unrestricted", *pcr_args], env)
     assert bad.returncode != 0
 
 
@@ -233,7 +233,7 @@ def test_receipt_of_another_output_fails(tmp_path, base_env, dev, kms, age_key, 
     other = tmp_path / "other.enc.json"
     other.write_bytes(out.read_bytes().replace(b'"sops"', b'"sops" ', 1))
     v = run(enclave_bin + ["verify", str(other), "--receipt", str(out) + ".receipt.json",
-                           "--allow-dev", *_pcr_args(dev)], env)
+                           "--allow-dev", "--allow-unrestricted", *_pcr_args(dev)], env)
     assert v.returncode != 0 and b"subject" in v.stdout
 
 
@@ -253,7 +253,7 @@ def test_attestation_from_another_enclave_fails(tmp_path, base_env, dev, kms, ag
     receipt[key] = base64.b64encode(foreign).decode()
     with open(rec_path, "w") as f:
         json.dump(receipt, f)
-    v = run(enclave_bin + ["verify", str(out), "--allow-dev", *_pcr_args(dev)], env)
+    v = run(enclave_bin + ["verify", str(out), "--allow-dev", "--allow-unrestricted", *_pcr_args(dev)], env)
     assert v.returncode != 0
 
 

@@ -337,8 +337,8 @@ def test_exec_frames_outputs_and_receipts(tmp_path, short_tmp, base_env, dev, ag
     real_start = host.start_dev_enclave
     short = tempfile.mkdtemp(prefix="sel-", dir="/tmp")  # AF_UNIX paths are short (108)
 
-    def start_with_relay(workdir, env_):
-        proc, path = real_start(workdir, env_)
+    def start_with_relay(workdir, env_, enclave_policy=None):
+        proc, path = real_start(workdir, env_, enclave_policy)
         front = os.path.join(short, "mitm.sock")
         try:
             relays.append(_Relay(path, front))

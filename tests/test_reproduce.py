@@ -257,17 +257,40 @@ def stub_tools(tmp_path):
     return d, env
 
 
+def _enclave_policy(tmp_path: Path) -> str:
+    """A valid enclave policy file (build.sh refuses to build an image without one)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pub = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    p = tmp_path / "enclave-policy.yaml"
+    p.write_text(f'version: 1\ncommit_signers: ["release@example.com {pub}"]\n'
+                 'outputs: {kms: ["arn:aws:kms:eu-west-1:111122223333:key/*"]}\n'
+                 'inputs: {kms: ["arn:aws:kms:eu-west-1:111122223333:key/in"]}\n')
+    return str(p)
+
+
+def test_build_sh_refuses_to_build_without_an_enclave_policy(tmp_path):
+    r = subprocess.run(["bash", str(ENCLAVE / "build.sh"), "--region", "eu-west-1", "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--enclave-policy FILE is required" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_sh_without_nitro_cli_fails_clearly(tmp_path):
     path = "/usr/bin:/bin"
     if shutil.which("nitro-cli", path=path):
         pytest.skip("nitro-cli is installed here")
+    pol = _enclave_policy(tmp_path)
     r = subprocess.run(["bash", str(ENCLAVE / "build.sh"), "--region", "eu-west-1", "--out",
-                        str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PATH": path})
+                        str(tmp_path / "out"), "--enclave-policy", pol], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "PATH": path})
     assert r.returncode == 127
     assert "nitro-cli not found" in r.stderr and "Nothing was built" in r.stderr
     assert not (tmp_path / "out").exists()
-    r = subprocess.run(["bash", str(ENCLAVE / "build.sh")], capture_output=True, text=True,
+    r = subprocess.run(["bash", str(ENCLAVE / "build.sh"), "--enclave-policy", pol],
+                       capture_output=True, text=True,
                        timeout=60, env={k: v for k, v in os.environ.items()
                                         if k != "SOPS_ENCLAVE_KMS_REGIONS"})
     assert r.returncode == 2 and "no KMS region" in r.stderr
@@ -277,7 +300,8 @@ def test_build_sh_with_stub_tools_writes_pcrs_json(tmp_path, stub_tools):
     stubs, env = stub_tools
     out = tmp_path / "out"
     r = subprocess.run(["bash", str(ENCLAVE / "build.sh"), "--region", "eu-west-1",
-                        "--region", "us-east-1", "--source-date-epoch", "5", "--out", str(out)],
+                        "--region", "us-east-1", "--source-date-epoch", "5", "--out", str(out),
+                        "--enclave-policy", _enclave_policy(tmp_path)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     pcrs = json.loads((out / "pcrs.json").read_text())
@@ -300,7 +324,8 @@ def test_build_sh_with_stub_tools_writes_pcrs_json(tmp_path, stub_tools):
 def test_build_sh_check_reproducible_detects_drift(tmp_path, stub_tools):
     stubs, env = stub_tools
     cmd = ["bash", str(ENCLAVE / "build.sh"), "--region", "eu-west-1", "--out",
-           str(tmp_path / "out"), "--check-reproducible"]
+           str(tmp_path / "out"), "--check-reproducible", "--enclave-policy",
+           _enclave_policy(tmp_path)]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "reproducible: two builds gave the same PCR0, PCR1 and PCR2" in ok.stdout

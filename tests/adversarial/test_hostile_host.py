@@ -501,13 +501,6 @@ def test_nitro_app_will_not_start_without_its_measured_policy(tmp_path):
         app._load_policy(str(tmp_path / "missing.yaml"), dev=False)
 
 
-def test_build_sh_refuses_an_image_without_a_policy():
-    root = Path(__file__).resolve().parents[2]
-    p = subprocess.run(["bash", str(root / "enclave" / "build.sh")], capture_output=True)
-    assert p.returncode == 2
-    assert b"--enclave-policy FILE is required" in p.stderr
-
-
 def test_bundle_measures_the_policy(world, tmp_path):
     from sops_enclave.enclave.bundle import build
     from sops_enclave.pack.enclave_policy import BUNDLE_PATH

@@ -24,7 +24,7 @@ from sops_enclave import SOPS_FORMAT_VERSION
 from sops_enclave.cipher import ValueCipher
 from sops_enclave.errors import (CouldNotReadInputFile, ErrorDumpingTree, FileAlreadyEncrypted,
                                  InvalidTreePathFormat, MacMismatch, MetadataNotFound,
-                                 NeedAtLeastOneDocument, SopsError)
+                                 NeedAtLeastOneDocument, SopsError, go_wordwrap)
 from sops_enclave.formats import get_store, resolve_format
 from sops_enclave.keys.groups import DEFAULT_DECRYPTION_ORDER, LocalKeyService, get_data_key
 from sops_enclave.keys.groups import protect_data_key
@@ -97,10 +97,49 @@ def decrypt_document(data: bytes, fmt: str, *, services: Sequence | None = None,
     key = get_data_key(md, services, decryption_order)
     cipher = ValueCipher(key)
     cipher.record = record_ivs
-    plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    plain, computed = _decrypt_tree(branches, cipher, md)
     if not ignore_mac:
         _verify_mac(cipher, md, computed)
     return Decrypted(plain, md, cipher.seen)
+
+
+UNENCRYPTED_COMMENT_WARNING = ("Found possibly unencrypted comment in file. This is to be "
+                               "expected if the file being decrypted was created with an older "
+                               "version of SOPS.")
+
+
+def warn_unencrypted_comment(text: str) -> None:
+    """sops' warning (its SOPS logger, on stderr) for a comment that does not decrypt: the
+    comment is kept as it is. Replace this function to route the warning elsewhere."""
+    import sys
+
+    from sops_enclave.errors import logrus_line
+
+    sys.stderr.write(logrus_line("SOPS", "warning", UNENCRYPTED_COMMENT_WARNING, comment=text)
+                     + "\n")
+    sys.stderr.flush()
+
+
+def _decrypt_tree(branches: list[Branch], cipher: ValueCipher, md: Metadata):
+    """:func:`decrypt_tree`, warning (as sops, in document order) about every comment that
+    is kept because it does not decrypt. The cipher records each string it could not
+    decrypt; the walk keeps comments and fails on values, so after a successful walk all of
+    them were comments, and after a failed one all but the last."""
+    cipher.failures = []
+    try:
+        out = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    except SopsError as e:
+        failed = cipher.failures
+        if failed and e.message.endswith(failed[-1][1]):
+            failed = failed[:-1]
+        for text, _ in failed:
+            warn_unencrypted_comment(text)
+        raise
+    finally:
+        failed_all, cipher.failures = cipher.failures, None
+    for text, _ in failed_all:
+        warn_unencrypted_comment(text)
+    return out
 
 
 def _verify_mac(cipher: ValueCipher, md: Metadata, computed: str) -> None:
@@ -226,14 +265,14 @@ def encrypt_document(data: bytes, in_fmt: str, out_fmt: str, opts: EncryptOption
         raise NeedAtLeastOneDocument("File cannot be completely empty, it must contain at least "
                                      "one document")
     if has_sops_key(branches[0], in_fmt):
-        raise FileAlreadyEncrypted(
+        raise FileAlreadyEncrypted(go_wordwrap(
             "The file you have provided contains a top-level entry called 'sops', or for flat "
             "file formats top-level entries starting with 'sops_'. This is generally due to the "
             "file already being encrypted. SOPS uses a top-level entry called 'sops' to store the "
             "metadata required to decrypt the file. For this reason, SOPS can not encrypt files "
             "that already contain such an entry.\n\nIf this is an unencrypted file, rename the "
             "'sops' entry.\n\nIf this is an encrypted file and you want to edit it, use the "
-            "editor mode, for example: `sops my_file.yaml`")
+            "editor mode, for example: `sops my_file.yaml`", 75))
     return encrypt_loaded(branches, out_fmt, opts, services=services, cfg=cfg, now=now,
                           data_key=data_key)
 
@@ -337,7 +376,7 @@ def _decrypt_with_key(data: bytes, fmt: str, services: Sequence, ignore_mac: boo
     key = get_data_key(md, services, order)
     cipher = ValueCipher(key)
     cipher.record = True
-    plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
+    plain, computed = _decrypt_tree(branches, cipher, md)
     if not ignore_mac:
         _verify_mac(cipher, md, computed)
     return Decrypted(plain, md, cipher.seen), key

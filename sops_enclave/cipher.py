@@ -17,7 +17,7 @@ from typing import Any, Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sops_enclave.errors import ErrorDecryptingTree
+from sops_enclave.errors import ErrorDecryptingTree, ErrorEncryptingTree
 from sops_enclave.goformat import plain_bytes
 from sops_enclave.tree import Comment, Timestamp
 
@@ -28,6 +28,19 @@ __all__ = ["ValueCipher", "is_encrypted_value", "DecryptError"]
 _ENC_RE = re.compile(r"^ENC\[AES256_GCM,data:([^,]+),iv:([^,]+),tag:([^,]+),type:([^\]]+)\]")
 _BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def _b64_error_offset(s: str) -> int:
+    """Where Go's base64.StdEncoding reports a string as corrupt (its CorruptInputError):
+    the first character outside the alphabet, else the start of an incomplete last group
+    (padding mistakes are reported near enough)."""
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+    for i, ch in enumerate(s):
+        if ch not in alphabet:
+            if ch != "=" or i % 4 < 2:
+                return i
+            break
+    return len(s) - len(s) % 4 if len(s) % 4 else len(s)
 
 
 class DecryptError(ErrorDecryptingTree):
@@ -84,13 +97,17 @@ class ValueCipher:
 
     def __init__(self, key: bytes, *, random: Callable[[int], bytes] = os.urandom,
                  previous: dict[tuple[bytes, bytes, str], bytes] | None = None):
-        if len(key) != 32:
-            raise ValueError("data key must be 32 bytes")
-        self._aead = AESGCM(key)
+        # Go's aes.NewCipher takes 16-, 24- and 32-byte keys (AES-128/192/256-GCM, whatever
+        # the ENC tag says); any other size fails on the first value, as in sops.
+        self._aead = AESGCM(key) if len(key) in (16, 24, 32) else None
+        self._key_size = len(key)
         self._random = random
         self.previous = previous
         self.record = False
         self.seen: dict[tuple[bytes, bytes, str], bytes] = {}
+        #: when a list, every string :meth:`decrypt` could not decrypt, with the error text
+        #: (the tree walk keeps such comments as plain ones; sops warns about each)
+        self.failures: list[tuple[str, str]] | None = None
 
     def encrypt(self, value: Any, aad: bytes, *, iv: bytes | None = None) -> str:
         """``ENC[...]`` for a scalar (or :class:`Comment`) at the path ``aad``."""
@@ -100,6 +117,9 @@ class ValueCipher:
             pt, typ = plain_bytes(value)
         if iv is None and self.previous is not None:
             iv = self.previous.get((aad, pt, typ))
+        if self._aead is None:
+            raise ErrorEncryptingTree("Could not initialize AES GCM encryption cipher: "
+                                      f"crypto/aes: invalid key size {self._key_size}")
         if iv is None:
             iv = self._random(32)
         ct = self._aead.encrypt(iv, pt, aad)
@@ -113,10 +133,16 @@ class ValueCipher:
             shown = s if isinstance(s, str) and len(s) < 64 else "value"
             raise DecryptError(f"Input string {shown} does not match sops' data format")
         data_s, iv_s, tag_s, typ = m.groups()
-        try:
-            data, iv, tag = _b64d(data_s), _b64d(iv_s), _b64d(tag_s)
-        except (binascii.Error, ValueError):
-            raise DecryptError("Error base64-decoding value") from None
+        parts = []
+        for name, text in (("data", data_s), ("iv", iv_s), ("tag", tag_s)):
+            try:
+                parts.append(_b64d(text))
+            except (binascii.Error, ValueError):
+                raise DecryptError(f"Error base64-decoding {name}: illegal base64 data at input "
+                                   f"byte {_b64_error_offset(text)}") from None
+        data, iv, tag = parts
+        if self._aead is None:
+            raise DecryptError(f"crypto/aes: invalid key size {self._key_size}")
         if len(iv) < 8 or len(iv) > 128:
             raise DecryptError("Could not decrypt with AES_GCM: invalid nonce size")
         try:
@@ -130,5 +156,10 @@ class ValueCipher:
 
     def decrypt(self, s: str, aad: bytes) -> Any:
         """The plaintext value of an ``ENC[...]`` string (a :class:`Comment` for comments)."""
-        pt, typ = self.decrypt_raw(s, aad)
-        return _parse_plain(pt, typ)
+        try:
+            pt, typ = self.decrypt_raw(s, aad)
+            return _parse_plain(pt, typ)
+        except DecryptError as e:
+            if self.failures is not None:
+                self.failures.append((s, e.message))
+            raise

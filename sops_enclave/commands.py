@@ -259,19 +259,32 @@ def do_unset(ctx) -> int:
 
 
 def do_filestatus(ctx) -> int:
+    """sops' filestatus: its errors go through sops' logger (``[CMD] ... level=fatal``, exit
+    1), the file named as given (sops reads it without the existence check of decrypt)."""
     from sops_enclave import api
+    from sops_enclave.errors import LoggedFatal, MetadataNotFound, go_errno_text
 
-    data, path = _input(ctx)
+    given = ctx.get("file")
+    path = ctx.abs(given)
+    fail = "cannot check file status: cannot load encrypted file: "
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise LoggedFatal(f"{fail}Error reading file: read {given}: is a directory") from None
+    except OSError as e:
+        raise LoggedFatal(f"{fail}Error reading file: open {given}: {go_errno_text(e)}") from None
     fmt = _fmt(ctx, path, "input_type")
     try:
         _, md = api.load_encrypted(data, fmt)
         encrypted = bool(md.version and md.mac)
+    except MetadataNotFound:
+        encrypted = False
     except SopsError as e:
-        msg = e.message
-        if "metadata not found" in msg or "Version string empty" in msg or "No keys found" in msg:
+        if "Version string empty" in e.message:
             encrypted = False
         else:
-            raise SopsError(f"cannot check file status: cannot load encrypted file: {msg}") from None
+            raise LoggedFatal(fail + e.message) from None
     sys.stdout.write(json.dumps({"encrypted": encrypted}, separators=(",", ":")) + "\n")
     return 0
 

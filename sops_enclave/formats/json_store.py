@@ -39,12 +39,14 @@ def _esc(m: re.Match) -> str:
         return r
     o = ord(c)
     if 0xD800 <= o <= 0xDFFF:
-        return "\ufffd"
+        # an invalid byte (a surrogateescape'd one, or a lone surrogate): Go writes the
+        # six-character escape \ufffd for each
+        return "\\ufffd"
     return "\\u%04x" % o
 
 
 def encode_string(s: str) -> str:
-    """Go ``json.Marshal`` of a string (invalid UTF-8 becomes U+FFFD)."""
+    """Go ``json.Marshal`` of a string (each invalid UTF-8 byte becomes ``\\ufffd``)."""
     return '"' + _ESC_RE.sub(_esc, s) + '"'
 
 

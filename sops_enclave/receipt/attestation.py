@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Union
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import _cbor
 from ._x509_chain import (
@@ -241,8 +242,11 @@ def verify_attestation_signature(doc: AttestationDocument, *,
     except ChainProblem as e:
         raise _fail(5, str(e)) from None
     # (6) signature over the protected and payload bytes exactly as received
+    leaf_key = leaf.public_key()
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey):
+        raise _fail(6, "the leaf certificate's key is not an EC key")
     try:
-        verify_es384(leaf.public_key(), doc.protected, doc.payload, doc.signature)
+        verify_es384(leaf_key, doc.protected, doc.payload, doc.signature)
     except InvalidSignature as e:
         raise _fail(6, f"COSE ES384 signature does not verify with the leaf key"
                        f"{': ' + str(e) if str(e) else ''}") from None

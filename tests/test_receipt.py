@@ -537,6 +537,12 @@ def test_example_audit_policy_parses():
     text = (Path(__file__).resolve().parents[1] / "examples" / "audit-policy.yaml").read_text()
     policy = ReceiptPolicy.from_yaml(text)
     assert policy.allow_host_keys is False and policy.pcrs is not None
+    assert policy.allow_unrestricted is False and policy.signers == ("release@example.com",)
+    assert policy.enclave_policy_sha256 == ("0" * 64,)
+    # The commented-out keys parse too, once uncommented.
+    uncommented = text.replace("# ref:", "ref:").replace("# not_before:", "not_before:")
+    again = ReceiptPolicy.from_yaml(uncommented)
+    assert again.ref == "origin/main" and again.not_before.year == 2025
 
 
 # --------------------------------------------------------------------------- enclave policy,

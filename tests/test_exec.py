@@ -233,6 +233,7 @@ def test_receipt_of_another_output_fails(tmp_path, base_env, dev, kms, age_key, 
     other = tmp_path / "other.enc.json"
     other.write_bytes(out.read_bytes().replace(b'"sops"', b'"sops" ', 1))
     v = run(enclave_bin + ["verify", str(other), "--receipt", str(out) + ".receipt.json",
+                           "--subject", "deploy/api/prod.enc.json",
                            "--allow-dev", "--allow-unrestricted", *_pcr_args(dev)], env)
     assert v.returncode != 0 and b"subject" in v.stdout
 

@@ -171,8 +171,9 @@ def _check_plugin_binary(name: str, env: Mapping[str, str] | None) -> None:
 
     path = (env or os.environ).get("PATH", os.defpath)
     if shutil.which("age-plugin-" + name, path=path) is None:
-        raise _FatalUnwrap(f"{name} plugin: {_quoted(name)} plugin not found: exec: "
-                           f"{_quoted('age-plugin-' + name)}: executable file not found in $PATH")
+        raise _FatalUnwrap(f"{name} plugin: couldn't start plugin: {_quoted(name)} plugin not "
+                           f"found: exec: {_quoted('age-plugin-' + name)}: executable file not "
+                           "found in $PATH")
 
 
 def _ssh_string(buf: bytes, off: int) -> tuple[bytes, int]:

@@ -318,7 +318,7 @@ def _expected_subject(args: argparse.Namespace) -> tuple[str, str]:
         top = repo_toplevel(os.path.dirname(os.path.abspath(args.output)))
         if top is None:
             raise ConflictingParameters(
-                f"{args.output} is not inside a git work tree, so its repository path "
+                f"{escape(args.output)} is not inside a git work tree, so its repository path "
                 "cannot be compared with the receipt's subject: pass --repo DIR (the "
                 "repository it belongs to) or --subject NAME (the path the receipt must "
                 "name, for a file moved on purpose)")
@@ -326,8 +326,9 @@ def _expected_subject(args: argparse.Namespace) -> tuple[str, str]:
     try:
         return subject_name(args.output, root), how
     except SubjectPathError as e:
-        raise ConflictingParameters(f"{e}; pass --subject NAME to name the repository path "
-                                    "the receipt must have") from None
+        # Paths (and where a link leads) may hold anything: escaped for the terminal.
+        raise ConflictingParameters(f"{escape(str(e))}; pass --subject NAME to name the "
+                                    "repository path the receipt must have") from None
 
 
 def _statement_json(result: VerifiedReceipt) -> dict[str, Any]:

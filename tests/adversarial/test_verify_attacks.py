@@ -448,3 +448,19 @@ def test_parse_errors_do_not_echo_the_receipt(repo, genuine, key, monkeypatch, c
     rc, out = _verify([str(prod), *_pcrs(genuine, 0), *DEV], monkeypatch, ca_dir)
     assert rc == 1 and "input 0 name must be a normalised relative path" in out
     assert "MARKER" not in out
+
+
+def test_refusal_messages_escape_file_names(repo, genuine, key, monkeypatch, ca_dir):
+    """The repository's files are the attacker's too: a link target named with escape
+    sequences reaches the error message escaped."""
+    receipt = build_receipt(_facts(repo, "main", PROD), PROD_OUT, signing_key=key, nsm=genuine)
+    hostile = repo["root"] / "deploy" / "api" / "x\x1b]0;owned\x07.json"
+    hostile.parent.mkdir(parents=True, exist_ok=True)
+    hostile.write_bytes(PROD_OUT)
+    victim = repo["root"] / STAGING
+    victim.symlink_to(hostile.name)
+    Path(str(victim) + ".receipt.json").write_bytes(receipt)
+    rc, msg = _verify([str(victim), *_pcrs(genuine, 0), *DEV], monkeypatch, ca_dir)
+    assert rc == ConflictingParameters.exit_code and "symbolic link" in msg
+    assert "x\\x1b]0;owned\\x07.json" in msg
+    _assert_no_raw_controls(msg)

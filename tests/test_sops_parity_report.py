@@ -77,7 +77,8 @@ def test_age_wrong_key_report(tmp_path, sops_bin, enclave_bin, home_env):
     _same(s, e)
 
 
-@pytest.mark.parametrize("case", ["nothing", "bad-line", "missing-file", "empty-key"])
+@pytest.mark.parametrize("case", ["nothing", "bad-line", "missing-file", "empty-key",
+                                  "bad-checksum", "short-key"])
 def test_age_discovery_errors_in_report(tmp_path, sops_bin, enclave_bin, home_env, case):
     k1, p1 = _key()
     f = tmp_path / "e.yaml"
@@ -89,6 +90,10 @@ def test_age_discovery_errors_in_report(tmp_path, sops_bin, enclave_bin, home_en
         env["SOPS_AGE_KEY_FILE"] = str(tmp_path / "nope.txt")
     elif case == "empty-key":
         env["SOPS_AGE_KEY"] = ""
+    elif case == "bad-checksum":  # Go's bech32 wording
+        env["SOPS_AGE_KEY"] = "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQS7TYZNW"
+    elif case == "short-key":
+        env["SOPS_AGE_KEY"] = "# comment\n\nAGE-SECRET-KEY-1QQQ"
     s, e = _both(sops_bin, enclave_bin, ["decrypt", str(f)], env, tmp_path)
     assert s.returncode == 128 and b"failed to load age identities" in s.stderr
     _same(s, e)

@@ -42,6 +42,45 @@ def _quoted(r: str) -> str:
     return _go_quote(r)
 
 
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+
+
+def _bech32_error(s: str, key_len: int = 32) -> str | None:
+    """The error text of age's bech32 ``Decode`` (then the key length check) for ``s``, or
+    None when it decodes to ``key_len`` bytes."""
+    if s.lower() != s and s.upper() != s:
+        return "mixed case"
+    pos = s.rfind("1")
+    if pos < 1 or pos + 7 > len(s):
+        return f"separator '1' at invalid position: pos={pos}, len={len(s)}"
+    hrp = s[:pos]
+    for i, ch in enumerate(hrp):
+        if not 33 <= ord(ch) <= 126:
+            return f"invalid character human-readable part: s[{i}]={ord(ch)}"
+    data = []
+    off = 0
+    for ch in s[pos + 1:].lower():
+        d = _BECH32.find(ch)
+        if d < 0:
+            return f"invalid character data part: s[{off}]={ord(ch)}"
+        data.append(d)
+        off += len(ch.encode("utf-8"))
+    gen = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+    chk = 1
+    for v in [ord(c) >> 5 for c in hrp.lower()] + [0] + [ord(c) & 31 for c in hrp.lower()] + data:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ v
+        for i in range(5):
+            if (top >> i) & 1:
+                chk ^= gen[i]
+    if chk != 1:
+        return "invalid checksum"
+    nbits = (len(data) - 6) * 5
+    if nbits // 8 != key_len:
+        return None if key_len < 0 else "invalid X25519 key"
+    return None
+
+
 def _is_plugin_recipient(r: str) -> bool:
     return r.startswith("age1") and not r.startswith("age1pq1") and r.count("1") > 1
 
@@ -62,8 +101,11 @@ def parse_recipient(s: str):
         try:
             return pyrage.x25519.Recipient.from_str(r)
         except Exception:
+            why = _bech32_error(r)
+            if why is None or why == "invalid X25519 key":
+                why = "invalid X25519 public key"
             raise SopsError("failed to parse input as Bech32-encoded age public key: "
-                            f"malformed recipient {_quoted(r)}") from None
+                            f"malformed recipient {_quoted(r)}: {why}") from None
     if r.startswith("ssh-"):
         kind = r.split(None, 1)[0]
         try:
@@ -303,8 +345,11 @@ def parse_identity(line: str):
     if line.startswith("AGE-SECRET-KEY-1"):
         try:
             return pyrage.x25519.Identity.from_str(line)
-        except Exception as e:
-            raise SopsError(f"malformed secret key: {e}") from None
+        except Exception:
+            why = _bech32_error(line)
+            if why is None or why == "invalid X25519 key":
+                why = "invalid X25519 secret key"
+            raise SopsError(f"malformed secret key: {why}") from None
     raise SopsError("unknown identity type")
 
 

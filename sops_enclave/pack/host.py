@@ -134,16 +134,14 @@ def _credentials(env: Mapping[str, str]) -> dict:
 
 
 def _dev_age_identities(env: Mapping[str, str]) -> str:
-    from sops_enclave.keys.discovery import default_age_keys_path
+    """The host's age identities for a dev run, found exactly as sops finds them (one key
+    discovery for the whole tool; ``SOPS_AGE_KEY_CMD`` included)."""
+    from sops_enclave.keys.discovery import x25519_identity_lines
 
-    parts = []
-    if env.get("SOPS_AGE_KEY"):
-        parts.append("\n".join(env["SOPS_AGE_KEY"].split()))
-    for path in (env.get("SOPS_AGE_KEY_FILE"), default_age_keys_path(env)):
-        if path and os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                parts.append(f.read())
-    return "\n".join(parts)
+    try:
+        return x25519_identity_lines(env)
+    except SopsError:
+        return ""
 
 
 def start_dev_enclave(workdir: str, env: Mapping[str, str], enclave_policy: str | None = None

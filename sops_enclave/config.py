@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from sops_enclave import goregex
 from sops_enclave.keys.groups import parse_decryption_order as decryption_order
 from sops_enclave.errors import (ConfigError,
                                  InvalidEncryptionContext, SopsError)
@@ -805,42 +806,12 @@ def _rule_groups(r: dict[str, Any], kms_context: Mapping[str, str] | None) -> li
     return [group]
 
 
-def _go_regex(pattern: str) -> str:
-    """RE2 syntax to Python's where they differ in ways that matter here: ``\\z``."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            nxt = pattern[i + 1]
-            out.append("\\Z" if nxt == "z" else c + nxt)
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-_RE_ERRORS = (  # Python's re messages -> Go regexp/syntax's, for the common mistakes
-    ("missing ), unterminated subpattern", "missing closing )"),
-    ("unbalanced parenthesis", "unexpected )"),
-    ("unterminated character set", "missing closing ]"),
-    ("nothing to repeat", "missing argument to repetition operator"),
-    ("multiple repeat", "invalid nested repetition operator"),
-    ("bad escape", "invalid escape sequence"),
-)
-
-
 def _compile(pattern: str) -> re.Pattern[str]:
+    """``regexp.Compile(path_regex)`` with Go's RE2 syntax; sops' message when it fails."""
     try:
-        return re.compile(_go_regex(pattern))
-    except re.error as e:
-        msg = next((go for py, go in _RE_ERRORS if e.msg.startswith(py)), e.msg)
-        raise ConfigError(f"can not compile regexp: error parsing regexp: {msg}: "
-                          f"`{pattern}`") from None
-    except (OverflowError, RecursionError, MemoryError):
-        raise ConfigError("can not compile regexp: error parsing regexp: expression too large "
-                          "or too deeply nested") from None
+        return goregex.compile_go(pattern)
+    except (goregex.GoRegexError, goregex.GoRegexUnsupported) as e:
+        raise ConfigError(f"can not compile regexp: {e}") from None
 
 
 @dataclass
@@ -876,7 +847,7 @@ class Config:
         chosen = None
         for r in self.creation_rules:
             rx = r.get("path_regex", "")
-            if rx == "" or _compile(rx).search(target):
+            if rx == "" or _compile(rx).search(goregex.go_text(target)):
                 chosen = r
                 break
         if chosen is None:

@@ -9,10 +9,10 @@ every non-comment leaf (only encrypted ones with ``mac_only_encrypted``), as upp
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from sops_enclave import goregex
 from sops_enclave.cipher import ValueCipher
 from sops_enclave.errors import ErrorEncryptingTree, SopsError
 from sops_enclave.goformat import plain_bytes
@@ -38,11 +38,24 @@ class CryptRule:
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in CRYPT_RULE_NAMES:
             raise ValueError(f"unknown crypt rule {self.kind}")
-        if self.kind is not None and self.kind.endswith("regex"):
+
+    def matches(self, s: str) -> bool:
+        """sops' ``matched, _ := regexp.Match(rule, s)`` (Go RE2 syntax, see goregex).
+
+        Compiled on first use, never when the rule is only loaded (filestatus, metadata): a
+        regexp Go refuses matches nothing, as in sops. One Go accepts but sops-enclave cannot
+        translate (a Unicode script class) is an error rather than a different answer.
+        """
+        rx = self.__dict__.get("_rx", self)
+        if rx is self:
             try:
-                object.__setattr__(self, "_re", re.compile(self.value))
-            except (re.error, OverflowError, RecursionError, MemoryError) as e:
-                raise SopsError(f"invalid {self.kind}: {type(e).__name__}: {e}"[:300]) from None
+                rx = goregex.compile_go(self.value)
+            except goregex.GoRegexError:
+                rx = None
+            except goregex.GoRegexUnsupported as e:
+                raise SopsError(f"{self.kind}: {e}") from None
+            object.__setattr__(self, "_rx", rx)
+        return rx is not None and rx.search(goregex.go_text(s)) is not None
 
     def should_encrypt(self, path: list[str], stack: list[list[str]], is_comment: bool) -> bool:
         kind = self.kind
@@ -52,20 +65,20 @@ class CryptRule:
             return not any(p.endswith(self.value) for p in path)
         if kind == "encrypted_suffix":
             return any(p.endswith(self.value) for p in path)
-        rx = self._re  # type: ignore[attr-defined]
+        rx = self.matches
         if kind == "unencrypted_regex":
-            return not any(rx.search(p) for p in path)
+            return not any(rx(p) for p in path)
         if kind == "encrypted_regex":
-            return any(rx.search(p) for p in path)
+            return any(rx(p) for p in path)
         if kind == "unencrypted_comment_regex":
-            return not any(rx.search(c) for cs in stack for c in cs)
+            return not any(rx(c) for cs in stack for c in cs)
         # encrypted_comment_regex: the marker comment itself stays plaintext.
         last = len(stack) - 1
         for i, cs in enumerate(stack):
             for j, c in enumerate(cs):
                 if is_comment and i == last and j == len(cs) - 1:
                     continue
-                if rx.search(c):
+                if rx(c):
                     return True
         return False
 
@@ -165,7 +178,7 @@ def encrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = 
         if (is_comment and value.value == "") or value == "":
             return ""  # sops never encrypts an empty string or comment
         out = cipher.encrypt(value, _aad(path))
-        if is_comment and rule.kind == "unencrypted_comment_regex" and rule._re.search(out):  # type: ignore[attr-defined]
+        if is_comment and rule.kind == "unencrypted_comment_regex" and rule.matches(out):
             raise ErrorEncryptingTree(
                 "Error walking tree: Could not encrypt value: Encrypted comment matches "
                 "UnencryptedCommentRegex! Make sure that UnencryptedCommentRegex cannot match "

@@ -10,5 +10,7 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["sops_enclave", "sops_enclave.*"]) + ["sops_enclave.enclave"],
     package_dir={"sops_enclave.enclave": "enclave"},
-    package_data={"sops_enclave.keyservice": ["*.proto", "*.pyi"]},
+    # The image build files travel with the enclave program, so a wheel measures as a checkout.
+    package_data={"sops_enclave.keyservice": ["*.proto", "*.pyi"],
+                  "sops_enclave.enclave": ["Dockerfile", "requirements.lock"]},
 )

@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     policy, raw = _load_policy(args.enclave_policy, args.dev)
     if args.dev:
+        # (dev only: devtools is never part of the image's bundle)
         from sops_enclave.devtools.nsm_soft import SoftNSM, measure_bundle, policy_bundle
 
         nsm = SoftNSM(ca_dir=args.dev_ca_dir, pcrs=measure_bundle(policy_bundle(raw)))

@@ -1,18 +1,13 @@
 """Build the enclave bundle: the files that go into the image, as a normalised tar archive.
 
-The bundle holds
-
-* ``sops_enclave/...``: every file of the ``sops_enclave`` package sources, and
-* ``sops_enclave/enclave/...``: every file of the top-level ``enclave/`` directory (the
-  in-enclave program, which setup.py installs as ``sops_enclave.enclave``, with its image
-  build files and ``requirements.lock``),
-
-without ``__pycache__`` directories, ``*.pyc`` files or symbolic links. From a source
-checkout (or an editable install) that is exactly
-:func:`sops_enclave.devtools.nsm_soft.default_bundle`, so the dev measurement printed here
-is what the dev enclave's software NSM reports as PCR0-2. The image's Dockerfile unpacks
-this archive and installs the dependencies pinned in its ``requirements.lock``; nothing else
-from the checkout enters the image.
+The bundle holds what :mod:`sops_enclave.image.measure` says goes into the image: the modules
+of the enclave program's import closure (``sops_enclave/...`` and ``sops_enclave/enclave/...``:
+the CLI, the dev stand-ins, docs and tests are not in it), the image build files
+(``Dockerfile``, ``requirements.lock``) and, for an image, the enclave policy
+(``enclave-policy.yaml``). From a checkout, an editable install or an installed wheel that is
+the same set, so the dev measurement printed here is what the dev enclave's software NSM
+reports as PCR0-2. The image's Dockerfile unpacks this archive and installs the dependencies
+pinned in its ``requirements.lock``; nothing else from the checkout enters the image.
 
 The archive is the same bytes for the same file contents, whatever the file modes, owners,
 mtimes, umask, directory order, machine or Python version:
@@ -76,9 +71,10 @@ def default_root() -> Path | None:
 def bundle_files(root: str | Path | None = None) -> dict[str, bytes]:
     """``{bundle path: content}`` from the checkout at ``root`` (default: this one).
 
-    Without a checkout (an installed wheel) this is ``nsm_soft.default_bundle()``.
+    Without a checkout (an installed wheel) this is ``image.measure.default_bundle()``:
+    the same files, found the same way (the enclave program's import closure).
     """
-    from sops_enclave.devtools.nsm_soft import collect_bundle, default_bundle
+    from sops_enclave.image.measure import bundle_from, default_bundle
 
     if root is None:
         root = default_root()
@@ -91,9 +87,10 @@ def bundle_files(root: str | Path | None = None) -> dict[str, bytes]:
             raise BundleError(f"{d} is not a directory: --root must be a sops-enclave checkout")
     if (pkg / "enclave").exists():
         raise BundleError(f"{pkg / 'enclave'} exists: the enclave program lives in {prog}")
-    files = collect_bundle(pkg, prefix="sops_enclave/")
-    files.update(collect_bundle(prog, prefix="sops_enclave/enclave/"))
-    return files
+    try:
+        return bundle_from(pkg, prog)
+    except (OSError, SyntaxError) as e:
+        raise BundleError(str(e)) from None
 
 
 # --- the archive ----------------------------------------------------------------------------
@@ -235,7 +232,7 @@ def build(root: str | Path | None = None, output: str | Path | None = None,
     (checked first: a policy that does not load is an error). A bundle for a Nitro image must
     have one (``enclave/build.sh`` refuses to build without); without it the bundle is the
     code alone (``make reproduce``)."""
-    from sops_enclave.devtools.nsm_soft import measure_bundle
+    from sops_enclave.image.measure import measure_bundle
     from sops_enclave.pack.enclave_policy import BUNDLE_PATH, load_enclave_policy
 
     if root is None:

@@ -343,7 +343,7 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
         for ref in plan.inputs:
             branch = decrypted[ref.file][0][0]
             if ref.extract:
-                from sops_enclave.api import extract
+                from sops_enclave.tree import extract
 
                 try:
                     sub = extract(branch, ref.extract)

@@ -30,7 +30,7 @@ from sops_enclave.keys.groups import DEFAULT_DECRYPTION_ORDER, LocalKeyService, 
 from sops_enclave.keys.groups import protect_data_key
 from sops_enclave.metadata import (AgeEntry, KeyEntry, KMSEntry, Metadata, PGPEntry,
                                    format_time, parse_metadata)
-from sops_enclave.tree import Branch, Comment, Timestamp
+from sops_enclave.tree import Branch, Comment, Timestamp, extract
 from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree
 
 __all__ = ["StoreConfig", "EncryptOptions", "Decrypted", "decrypt_document", "encrypt_document",
@@ -179,25 +179,6 @@ def parse_tree_path(path: str) -> list[str | int]:
                 raise InvalidTreePathFormat(f"error parsing --extract path: component {comp} is "
                                             "not a valid index") from None
     return out
-
-
-def extract(branch: Branch, path: list[str | int]) -> Any:
-    cur: Any = branch
-    for comp in path:
-        if isinstance(comp, str) and isinstance(cur, Branch):
-            i = cur.index_of(comp)
-            if i < 0:
-                raise SopsError(f"error truncating tree: component ['{comp}'] not found")
-            cur = cur[i][1]
-        elif isinstance(comp, int) and isinstance(cur, list) and not isinstance(cur, Branch):
-            items = [x for x in cur if not isinstance(x, Comment)]
-            if comp < 0 or comp >= len(items):
-                raise SopsError(f"error truncating tree: component [{comp}] not found")
-            cur = items[comp]
-        else:
-            shown = f"'{comp}'" if isinstance(comp, str) else comp
-            raise SopsError(f"error truncating tree: component [{shown}] not found")
-    return cur
 
 
 def emit_extracted(value: Any, fmt: str, cfg: StoreConfig | None = None) -> bytes:

@@ -112,24 +112,7 @@ def _context_tuple(ctx: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]
 
 # ------------------------------------------------------------------------------ CLI helpers
 
-def _go_quote(s: str) -> str:
-    """Go's ``strconv.Quote`` (``%q``), near enough for messages."""
-    out = ['"']
-    esc = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n",
-           "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-    for ch in s:
-        if ch in esc:
-            out.append(esc[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80 or 0xDC80 <= ord(ch) <= 0xDCFF:
-            out.append("\\x%02x" % (ord(ch) & 0xFF))
-        elif ord(ch) < 0x10000:
-            out.append("\\u%04x" % ord(ch))
-        else:
-            out.append("\\U%08x" % ord(ch))
-    out.append('"')
-    return "".join(out)
+from sops_enclave.goformat import go_quote as _go_quote  # noqa: E402
 
 
 def parse_kms_arg(s: str, context: Mapping[str, str] | None = None,

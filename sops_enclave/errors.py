@@ -193,7 +193,7 @@ def _logrus_value(v: str) -> str:
 
     if v and re.fullmatch(r"[A-Za-z0-9\-._/@^+]+", v):
         return v
-    from sops_enclave.config import _go_quote
+    from sops_enclave.goformat import go_quote as _go_quote
 
     return _go_quote(v)
 

@@ -12,7 +12,7 @@ import math
 
 from sops_enclave.tree import Timestamp
 
-__all__ = ["format_f", "format_g", "format_json_float", "val_to_string", "plain_bytes"]
+__all__ = ["format_f", "format_g", "format_json_float", "val_to_string", "plain_bytes", "go_quote"]
 
 
 def _digits(f: float) -> tuple[str, int]:
@@ -150,3 +150,23 @@ def plain_bytes(v: object) -> tuple[bytes, str]:
     if isinstance(v, bytes):
         return v, "bytes"
     raise TypeError(f"Cannot walk value, unknown type: {type(v).__name__}")
+
+
+def go_quote(s: str) -> str:
+    """Go's ``strconv.Quote`` (``%q``), near enough for messages."""
+    out = ['"']
+    esc = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+           "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+    for ch in s:
+        if ch in esc:
+            out.append(esc[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80 or 0xDC80 <= ord(ch) <= 0xDCFF:
+            out.append("\\x%02x" % (ord(ch) & 0xFF))
+        elif ord(ch) < 0x10000:
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append("\\U%08x" % ord(ch))
+    out.append('"')
+    return "".join(out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 __all__ = ["Branch", "Comment", "Timestamp", "to_bytes", "is_valid_utf8", "walk_leaves",
-           "max_depth"]
+           "max_depth", "extract"]
 
 
 class Comment:
@@ -120,3 +120,26 @@ def max_depth(value: Any, limit: int) -> int:
         elif isinstance(v, list):
             todo.extend((x, d + 1) for x in v if isinstance(x, list))
     return deepest
+
+
+def extract(branch: Branch, path: list[str | int]) -> Any:
+    """The subtree at ``path`` (map keys and list indices), as ``sops --extract`` reads it;
+    ``SopsError`` (``error truncating tree: ...``) when a component is missing."""
+    from sops_enclave.errors import SopsError
+
+    cur: Any = branch
+    for comp in path:
+        if isinstance(comp, str) and isinstance(cur, Branch):
+            i = cur.index_of(comp)
+            if i < 0:
+                raise SopsError(f"error truncating tree: component ['{comp}'] not found")
+            cur = cur[i][1]
+        elif isinstance(comp, int) and isinstance(cur, list) and not isinstance(cur, Branch):
+            items = [x for x in cur if not isinstance(x, Comment)]
+            if comp < 0 or comp >= len(items):
+                raise SopsError(f"error truncating tree: component [{comp}] not found")
+            cur = items[comp]
+        else:
+            shown = f"'{comp}'" if isinstance(comp, str) else comp
+            raise SopsError(f"error truncating tree: component [{shown}] not found")
+    return cur

@@ -166,7 +166,8 @@ def test_code_change_changes_image_pcrs_but_not_boot_pcr():
 
 def test_default_bundle_measures_this_package(tmp_path):
     files = nsm_soft.default_bundle()
-    assert "sops_enclave/devtools/nsm_soft.py" in files
+    assert "sops_enclave/enclave/executor.py" in files and "sops_enclave/cipher.py" in files
+    assert "sops_enclave/devtools/nsm_soft.py" not in files     # dev stand-ins stay out
     assert not any(p.endswith(".pyc") or "__pycache__" in p for p in files)
     nsm = SoftNSM(tmp_path / "ca")
     assert nsm.describe_pcr(0).data == measure_bundle(files)[0]

@@ -9,18 +9,9 @@ present, each 48 bytes, and ``cabundle = [dev root, dev intermediate]``::
     doc = nsm.attest(public_key=spki_der, user_data=digest)
     verify_attestation(doc, root_fingerprint=nsm.root_fingerprint, pcr_policy=...)
 
-Measurement (what PCR0/1/2 hold; ``ext(d) = SHA384(48 zero bytes || d)``, the Nitro
-extend of a fresh register):
-
-* ``bundle archive`` = ``b"sops-enclave-bundle/v1\\n"`` then, for every file sorted by
-  its UTF-8 path, ``u32be(len(path)) || path || u64be(len(content)) || content``. Paths
-  are relative POSIX paths; modes and mtimes are not measured.
-* ``PCR1 = ext(SHA384(BOOT))`` with ``BOOT = b"sops-enclave soft-nsm boot v1\\n"``: the
-  stand-in for Nitro's kernel + bootstrap ramdisk; the same on every machine.
-* ``PCR2 = ext(SHA384(archive))``: the application, as Nitro's PCR2.
-* ``PCR0 = ext(SHA384(BOOT || archive))``: the whole image, as Nitro's PCR0 covers what
-  PCR1 and PCR2 cover.
-* PCR3-15 are 48 zero bytes (no IAM role or instance id); PCR16-31 may be extended.
+PCR0-2 are the dev measurement of the enclave bundle, defined in
+:mod:`sops_enclave.image.measure` (what goes into the image and how it is measured);
+PCR3-15 are 48 zero bytes (no IAM role or instance id); PCR16-31 may be extended.
 
 So a code change in the bundle changes PCR0 and PCR2, as on Nitro. The dev root is
 never trusted by default; verifiers accept it only when given its fingerprint.
@@ -28,18 +19,19 @@ never trusted by default; verifiers accept it only when given its fingerprint.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..image.measure import (BOOT_MEASUREMENT, bundle_archive, collect_bundle,
+                             default_bundle, extend, measure_bundle, policy_bundle)
 from ..receipt.cose import COSE_SIGN1_TAG, ES384_PROTECTED, sign_es384
 from ..receipt.dev_root import default_dev_ca_dir
 from .dev_ca import DevCA
@@ -47,8 +39,6 @@ from .dev_ca import DevCA
 __all__ = ["SoftNSM", "PCRDescription", "BOOT_MEASUREMENT", "bundle_archive",
            "collect_bundle", "default_bundle", "policy_bundle", "measure_bundle", "extend"]
 
-BOOT_MEASUREMENT = b"sops-enclave soft-nsm boot v1\n"
-_ARCHIVE_MAGIC = b"sops-enclave-bundle/v1\n"
 _ZERO = bytes(48)
 _PLATFORM_PCRS = 16           # 0..15 are owned by the platform and locked, as on Nitro
 _MAX_PCRS = 32
@@ -60,84 +50,6 @@ class PCRDescription(NamedTuple):
 
     lock: bool
     data: bytes
-
-
-def extend(value: bytes, data: bytes) -> bytes:
-    """Nitro PCR extend: ``SHA384(value || data)``."""
-    return hashlib.sha384(value + data).digest()
-
-
-def _check_path(path: str) -> bytes:
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\0" in path or str(p) != path:
-        raise ValueError(f"bundle path must be a normalised relative POSIX path: {path!r}")
-    return path.encode("utf-8")
-
-
-def bundle_archive(files: Mapping[str, bytes]) -> bytes:
-    """The deterministic archive that is measured (format in the module docstring)."""
-    entries = sorted((_check_path(p), bytes(c)) for p, c in files.items())
-    out = [_ARCHIVE_MAGIC]
-    for path, content in entries:
-        out += [len(path).to_bytes(4, "big"), path, len(content).to_bytes(8, "big"), content]
-    return b"".join(out)
-
-
-def measure_bundle(files: Mapping[str, bytes]) -> dict[int, bytes]:
-    """PCR0, PCR1 and PCR2 for a bundle of ``{relative path: content}``."""
-    archive = bundle_archive(files)
-    return {0: extend(_ZERO, hashlib.sha384(BOOT_MEASUREMENT + archive).digest()),
-            1: extend(_ZERO, hashlib.sha384(BOOT_MEASUREMENT).digest()),
-            2: extend(_ZERO, hashlib.sha384(archive).digest())}
-
-
-def collect_bundle(root: str | Path, *, prefix: str = "",
-                   exclude: Callable[[PurePosixPath], bool] | None = None) -> dict[str, bytes]:
-    """Read every regular file under ``root`` as ``{prefix + relative path: content}``.
-
-    ``__pycache__`` directories and ``*.pyc`` files are always skipped; symlinks are not
-    followed.
-    """
-    root = Path(root)
-    out: dict[str, bytes] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in filenames:
-            full = Path(dirpath) / name
-            rel = PurePosixPath(full.relative_to(root).as_posix())
-            if name.endswith(".pyc") or full.is_symlink() or not full.is_file():
-                continue
-            if exclude is not None and exclude(rel):
-                continue
-            out[prefix + str(rel)] = full.read_bytes()
-    return out
-
-
-def default_bundle() -> dict[str, bytes]:
-    """The installed ``sops_enclave`` package sources, as ``sops_enclave/...`` paths, plus the
-    enclave program (``sops_enclave.enclave``, from the top-level ``enclave/`` directory)."""
-    pkg = Path(__file__).resolve().parent.parent
-    files = collect_bundle(pkg, prefix="sops_enclave/")
-    try:
-        import sops_enclave.enclave as prog
-    except ImportError:
-        return files
-    prog_dir = Path(prog.__file__).resolve().parent
-    if prog_dir != pkg / "enclave":
-        files.update(collect_bundle(prog_dir, prefix="sops_enclave/enclave/"))
-    return files
-
-
-def policy_bundle(enclave_policy: bytes | None) -> dict[str, bytes]:
-    """:func:`default_bundle` plus the enclave policy at its bundle path (when given): what
-    the dev enclave started with ``--enclave-policy FILE`` measures, as a Nitro image built
-    with that policy measures it."""
-    from ..pack.enclave_policy import BUNDLE_PATH
-
-    files = default_bundle()
-    if enclave_policy is not None:
-        files[BUNDLE_PATH] = bytes(enclave_policy)
-    return files
 
 
 def _optional(name: str, value: bytes | None) -> bytes | None:

@@ -119,9 +119,9 @@ def _measure_file(path: str) -> EIFMeasurement:
 def dev_measurement(enclave_policy: bytes | None = None) -> dict[int, bytes]:
     """PCR0/1/2 of the installed code (with the enclave policy, when given) as the software
     NSM measures it."""
-    from ..devtools import nsm_soft
+    from .measure import measure_bundle, policy_bundle
 
-    return nsm_soft.measure_bundle(nsm_soft.policy_bundle(enclave_policy))
+    return measure_bundle(policy_bundle(enclave_policy))
 
 
 def _policy_arg(args: argparse.Namespace) -> tuple[bytes | None, str | None]:

@@ -238,11 +238,11 @@ def policy_for_dev(*, role_arn: str, admin_arns: Iterable[str], key_arn: str | N
                    pin_pcr1: bool = True, pin_pcr2: bool = True,
                    **options: Any) -> dict[str, Any]:
     """:func:`key_policy` for the dev measurement (software NSM) of ``files``, by default
-    the installed code (``nsm_soft.default_bundle()``). Dev only: such a policy matches
+    the installed code (``image.measure.default_bundle()``). Dev only: such a policy matches
     documents signed by the dev CA, which real KMS never accepts."""
-    from ..devtools import nsm_soft
+    from .measure import default_bundle, measure_bundle
 
-    pcrs = nsm_soft.measure_bundle(nsm_soft.default_bundle() if files is None else files)
+    pcrs = measure_bundle(default_bundle() if files is None else files)
     return key_policy(pcrs[0], pcr1=pcrs[1] if pin_pcr1 else None,
                       pcr2=pcrs[2] if pin_pcr2 else None, role_arn=role_arn,
                       admin_arns=admin_arns, key_arn=key_arn, account=account, **options)

@@ -37,7 +37,7 @@ _PQ_MESSAGE = ("post-quantum hybrid age keys are not supported by sops-enclave (
 
 def _quoted(r: str) -> str:
     """Go's %q (only on error paths, so the config module loads lazily)."""
-    from sops_enclave.config import _go_quote
+    from sops_enclave.goformat import go_quote as _go_quote
 
     return _go_quote(r)
 

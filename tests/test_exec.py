@@ -342,7 +342,6 @@ def test_output_path_blocked_writes_nothing(tmp_path, base_env, dev, kms, age_ke
 
 def test_enclave_dying_mid_run(tmp_path, base_env, dev, kms, age_key):
     from sops_enclave.errors import SopsError
-    from sops_enclave.pack import host
     from sops_enclave.rpc import recv_frame
     import socket
     import threading

@@ -23,20 +23,40 @@ class Conflict:
     winner: int
 
 
+class _Indexes:
+    """First position of each key in each destination branch, built once per branch: the
+    merge is linear in the size of the inputs (``Branch.index_of`` is a scan)."""
+
+    def __init__(self) -> None:
+        self._by_branch: dict[int, dict[str, int]] = {}
+
+    def of(self, branch: Branch) -> dict[str, int]:
+        idx = self._by_branch.get(id(branch))
+        if idx is None:
+            idx = {}
+            for pos, (k, _) in enumerate(branch):
+                if not isinstance(k, Comment):
+                    idx.setdefault(k, pos)
+            self._by_branch[id(branch)] = idx
+        return idx
+
+
 def _merge_into(dst: Branch, src: Branch, origin: dict, path: tuple[str, ...], index: int,
-                conflicts: list[Conflict]) -> None:
+                conflicts: list[Conflict], indexes: _Indexes) -> None:
+    where = indexes.of(dst)
     for k, v in src:
         if isinstance(k, Comment):
             continue
         p = path + (k,)
-        i = dst.index_of(k)
+        i = where.get(k, -1)
         if i < 0:
+            where[k] = len(dst)
             dst.append((k, copy.deepcopy(v)))
             origin[p] = index
             continue
         cur = dst[i][1]
         if isinstance(cur, Branch) and isinstance(v, Branch):
-            _merge_into(cur, v, origin, p, index, conflicts)
+            _merge_into(cur, v, origin, p, index, conflicts, indexes)
             continue
         conflicts.append(Conflict(p, origin.get(p, 0), index))
         dst[i] = (k, copy.deepcopy(v))
@@ -48,6 +68,7 @@ def deep_merge(docs: list[Branch]) -> tuple[Branch, list[Conflict]]:
     out = Branch()
     origin: dict[tuple[str, ...], int] = {}
     conflicts: list[Conflict] = []
+    indexes = _Indexes()
     for i, d in enumerate(docs):
-        _merge_into(out, d, origin, (), i, conflicts)
+        _merge_into(out, d, origin, (), i, conflicts, indexes)
     return out, conflicts

@@ -31,11 +31,18 @@ def dev_pcrs(enclave_policy: bytes | None = None) -> dict[int, bytes]:
 
 
 class DevStack:
-    """Start/stop moto_server and the attested KMS in front of it."""
+    """Start/stop moto_server and the attested KMS in front of it.
 
-    def __init__(self, port: int = 0, ca_dir: str | None = None):
+    ``principals``: the dev KMS's callers, ``{access key id: (secret, IAM role/user ARN)}``
+    (default :data:`~sops_enclave.devtools.kms_sigv4.DEFAULT_PRINCIPALS`, where ``dev``, the
+    key :meth:`env` exports, is ``arn:aws:iam::123456789012:role/ci-host``).
+    """
+
+    def __init__(self, port: int = 0, ca_dir: str | None = None,
+                 principals: dict[str, tuple[str, str]] | None = None):
         self.port = port
         self.ca_dir = ca_dir
+        self.principals = principals
         self.moto: subprocess.Popen | None = None
         self.kms = None
         self.url = ""
@@ -64,7 +71,7 @@ class DevStack:
                 time.sleep(0.1)
         self.upstream = f"http://127.0.0.1:{mport}"
         root = SoftNSM(ca_dir=self.ca_dir).root_fingerprint
-        self.kms = AttestedKMS(self.upstream, trusted_roots=[root])
+        self.kms = AttestedKMS(self.upstream, trusted_roots=[root], principals=self.principals)
         self.url = self.kms.start(host="127.0.0.1", port=self.port)
         return self
 

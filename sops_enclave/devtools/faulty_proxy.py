@@ -57,8 +57,9 @@ MAX_HOLD = 30.0
 #: Fault kinds.
 KINDS = ("throttle", "error", "timeout", "reset", "delay")
 
+# Host is forwarded as the client sent it: SigV4 signs it, and the dev KMS checks signatures.
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
+               "trailers", "transfer-encoding", "upgrade", "content-length"}
 _ERROR_TYPES = {500: "KMSInternalException", 502: "BadGateway", 503: "ServiceUnavailable",
                 504: "GatewayTimeout"}
 _MAX_BODY = 16 * 1024 * 1024

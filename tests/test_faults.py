@@ -874,6 +874,7 @@ def _hidden_temps_only(left: list[str], d: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_host_killed_at_timed_points(sig, case, tmp_path, big, base_env, age_key):
     """Killed after 50/100/200 ms (reading, parsing, encrypting): nothing changes."""
+    sent = []
     for when in (0.05, 0.1, 0.2):
         d = tmp_path / f"at{int(when * 1000)}"
         d.mkdir()
@@ -881,7 +882,7 @@ def test_host_killed_at_timed_points(sig, case, tmp_path, big, base_env, age_key
         try:
             proc, src, target = _start(case, d, big, age_key, sb.env(base_env))
             try:
-                _kill_at(proc, sig, when, d)
+                sent.append(_kill_at(proc, sig, when, d))
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -894,6 +895,7 @@ def test_host_killed_at_timed_points(sig, case, tmp_path, big, base_env, age_key
             _hidden_temps_only(left, d)
         elif left:
             raise Leftover(f"SIGTERM at {when}s left {left}")
+    assert any(sent), "the process ended before any kill: the test proved nothing"
 
 
 def _kill_while_writing(case, d, big, age_key, env, sig) -> tuple[Path, Path]:

@@ -372,14 +372,12 @@ def _refused_quickly(fn, allowed, *, seconds: float = 2.0, message: str | None =
         ok, r = _call(allowed, fn)
         result.append((ok, r))
         return "accepted"
-    t0 = time.perf_counter()
     try:
+        # fuzzlib's limits turn a run over ``seconds`` (or 1 GiB) into a Hang/OOM failure.
         execute("bombs and depth", body)
     finally:
         fuzzlib.TIME_LIMIT, fuzzlib.MEMORY_LIMIT, fuzzlib.STRICT = saved
-    elapsed = time.perf_counter() - t0
     ok, r = result[0]
-    assert elapsed < seconds, f"took {elapsed:.2f} s"
     if must_refuse:
         assert not ok, "accepted"
         if message:

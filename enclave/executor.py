@@ -345,14 +345,16 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
             if ref.extract:
                 from sops_enclave.tree import extract
 
+                where = "".join(f"[{c}]" if isinstance(c, int) else f'["{c}"]'
+                                for c in ref.extract)
                 try:
                     sub = extract(branch, ref.extract)
                 except SopsError:
-                    raise PackError(f"target {plan.target}: extract {ref.extract} is not in "
-                                    f"input {ref.file}") from None
+                    raise PackError(f"target {plan.target}: input {ref.file} has no {where} "
+                                    "(the input's extract in the manifest)") from None
                 if not isinstance(sub, Branch):
-                    raise PackError(f"target {plan.target}: extract {ref.extract} of "
-                                    f"{ref.file} is not a map")
+                    raise PackError(f"target {plan.target}: {where} of input {ref.file} is "
+                                    "not a map (the input's extract in the manifest)")
                 branch = sub
             docs.append(branch)
         merged, conflicts = deep_merge(docs)

@@ -650,9 +650,30 @@ def exec_parser(cls):
                    "run is unrestricted and verify refuses its receipts unless "
                    "--allow-unrestricted")
     p.add_argument("--dry-run", action="store_true", help="print the plan, decrypt nothing")
+    p.add_argument("--allow-dirty", action="store_true", help="pack the commit even when the "
+                   "manifest or an input differs in the working tree (a warning, not an error)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="say which enclave runs; tracebacks")
     return p
+
+
+def _check_dirty(ctx, host, opts, commit: str) -> None:
+    """exec packs the commit: refuse (or with --allow-dirty, warn) when the manifest or an
+    input of the plan is not the same in the working tree."""
+    paths = [opts.manifest_path] + [i.file for p in host.plan_all_inputs(opts, commit)
+                                    for i in p.inputs]
+    changes = host.working_tree_changes(opts.repo, commit, paths)
+    if not changes:
+        return
+    listed = ", ".join(f"{p} ({how})" for p, how in changes[:5])
+    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+    what = f"{listed}{more} differ{'s' if len(changes) == 1 else ''} from commit {commit[:12]}"
+    if ctx.get("allow_dirty"):
+        print(f"sops-enclave: warning: {what}; packing the commit (--allow-dirty)",
+              file=sys.stderr)
+        return
+    raise SopsError(f"{what}: exec packs the commit, not the working tree; commit the "
+                    "changes (or pass --allow-dirty to pack the commit as it is)")
 
 
 def do_exec(ctx) -> int:
@@ -676,6 +697,8 @@ def do_exec(ctx) -> int:
                             enclave_policy=policy_file)
     if ctx.get("dry_run"):
         commit, manifest, plans = host.plan_at_commit(opts)
+        _check_dirty(ctx, host, opts, commit)
+        host.check_recipients(opts.manifest_path, plans)
         if policy_file:  # the checks the enclave will make, made early
             from sops_enclave.fileio import read_input
             from sops_enclave.pack.enclave_policy import load_enclave_policy
@@ -686,14 +709,16 @@ def do_exec(ctx) -> int:
         print(f"commit {commit}")
         print(manifest.describe(plans))
         return 0
-    if opts.enclave == "dev" and not policy_file:
-        print("sops-enclave: warning: no --enclave-policy: this dev run is UNRESTRICTED (any "
-              "commit, any recipient); its receipts say so and verify refuses them unless "
-              "--allow-unrestricted", file=sys.stderr)
-    elif opts.enclave == "dev" and ctx.get("verbose"):
+    if opts.enclave == "dev" and ctx.get("verbose"):
         print("[sops-enclave] dev enclave (software NSM): receipts verify only with --allow-dev",
               file=sys.stderr)
-    summary = host.run_exec(opts, ctx.env)
+    summary = host.run_exec(opts, ctx.env,
+                            on_plan=lambda commit: _check_dirty(ctx, host, opts, commit))
+    if opts.enclave == "dev" and not policy_file:
+        # After the run, so that an error stays one line.
+        print("sops-enclave: warning: no --enclave-policy: this dev run was UNRESTRICTED (any "
+              "commit, any recipient); its receipts say so and verify refuses them unless "
+              "--allow-unrestricted", file=sys.stderr)
     if ctx.get("json"):
         summary["enclave"] = opts.enclave
         print(json.dumps(summary, indent=2))
@@ -704,25 +729,97 @@ def do_exec(ctx) -> int:
 
 
 def dev_parser(cls):
-    p = _parser(cls, "dev", "Dev stand-ins: 'dev up' starts moto's KMS and the KMS-with-"
-                "attestation layer on 127.0.0.1 and prints the environment to use.")
+    p = _parser(cls, "dev", "Dev stand-ins (no cloud): 'dev up' starts moto's KMS behind the "
+                "KMS-with-attestation layer on 127.0.0.1 in the background, 'dev env' prints "
+                "the environment for a shell, 'dev kms' makes keys, 'dev down' stops it. Keys "
+                "and port are kept in the state directory across restarts.")
     sub = p.add_subparsers(dest="dev_cmd", parser_class=cls)
-    up = sub.add_parser("up", help="start the dev KMS (Ctrl+C stops it)")
-    up.add_argument("--port", type=int, default=0, help="port of the attested KMS (default: free)")
-    up.add_argument("--enclave-policy", metavar="FILE", help="print the dev PCR0 of the enclave "
-                    "run with this policy (exec --enclave-policy FILE)")
-    up.add_argument("--verbose", action="store_true")
+
+    def state(q):
+        q.add_argument("--state", metavar="DIR", help="the state directory (default "
+                       "$SOPS_ENCLAVE_DEV_STATE, else ~/.local/state/sops-enclave/dev)")
+        q.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+    up = sub.add_parser("up", help="start the dev stack in the background (or say it runs)")
+    state(up)
+    up.add_argument("--port", type=int, default=0, help="port of the attested KMS (default: "
+                    "the one kept in the state directory, else a free one)")
+    up.add_argument("--enclave-policy", metavar="FILE", help="the enclave policy dev runs use: "
+                    "printed PCR0 and the default of 'dev kms create-key --gated'")
+    up.add_argument("--foreground", action="store_true", help="run in this terminal until "
+                    "Ctrl+C")
+    up.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    state(sub.add_parser("down", help="stop the dev stack (its keys stay in the state "
+                                      "directory)"))
+    state(sub.add_parser("env", help="print the exports for a shell: "
+                                     "eval \"$(sops-enclave dev env)\""))
+    kms = sub.add_parser("kms", help="keys of the dev KMS (no aws CLI needed)")
+    ksub = kms.add_subparsers(dest="kms_cmd", parser_class=cls)
+    ck = ksub.add_parser("create-key", help="create a symmetric key and print its ARN")
+    state(ck)
+    ck.add_argument("--alias", metavar="NAME", help="also create alias/NAME")
+    ck.add_argument("--gated", action="store_true", help="apply the attestation-gated key "
+                    "policy ('sops-enclave policy') pinned to the dev enclave's PCR0")
+    ck.add_argument("--enclave-policy", metavar="FILE", help="with --gated: the enclave policy "
+                    "the dev enclave runs with (default: the one 'dev up' was given)")
+    pk = ksub.add_parser("put-key-policy", help="set a key's policy as the key admin (as "
+                         "'aws kms put-key-policy' does)")
+    state(pk)
+    pk.add_argument("key", metavar="KEY", help="key ARN, key id or alias/NAME")
+    pk.add_argument("policy", metavar="FILE", help="the policy JSON ('-': stdin)")
+    ls = ksub.add_parser("list", help="the keys: ARN, aliases, the PCR0 a policy pins")
+    state(ls)
+    ls.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
 def do_dev(ctx) -> int:
-    if ctx.get("dev_cmd") != "up":
-        raise SopsError("usage: sops-enclave dev up")
     from sops_enclave.devtools import devstack
 
-    policy = ctx.get("enclave_policy")
-    return devstack.up(port=ctx.get("port") or 0,
-                       enclave_policy=ctx.abs(policy) if policy else None)
+    cmd = ctx.get("dev_cmd")
+    state = ctx.abs(ctx.get("state")) if ctx.get("state") else None
+    policy = ctx.abs(ctx.get("enclave_policy")) if ctx.get("enclave_policy") else None
+    if cmd == "up":
+        if ctx.get("foreground") or ctx.get("ready_fd") is not None:
+            return devstack.serve(state, ctx.get("port") or 0, policy,
+                                  ready_fd=ctx.get("ready_fd"), environ=ctx.env)
+        return devstack.up(state, ctx.get("port") or 0, policy, environ=ctx.env)
+    if cmd == "down":
+        return devstack.down(state, environ=ctx.env)
+    if cmd == "env":
+        d = devstack._state(state, ctx.env)
+        run = devstack.running(d)
+        if run is None:
+            raise devstack._not_running(d)
+        print("\n".join(devstack.env_exports(run, d)))
+        return 0
+    if cmd == "kms" and ctx.get("kms_cmd") == "create-key":
+        if policy and not ctx.get("gated"):
+            raise ConflictingParameters("--enclave-policy goes with --gated")
+        print(devstack.create_key(state, ctx.get("alias"), bool(ctx.get("gated")), policy,
+                                  environ=ctx.env))
+        return 0
+    if cmd == "kms" and ctx.get("kms_cmd") == "put-key-policy":
+        from sops_enclave.fileio import read_input
+
+        src = ctx.get("policy")
+        text = (sys.stdin.buffer.read() if src == "-" else read_input(ctx.abs(src)))
+        arn, pcr0 = devstack.put_key_policy(state, ctx.get("key"),
+                                            text.decode("utf-8", "replace"), environ=ctx.env)
+        print(f"{arn}: key policy set" + (f"; Decrypt only with an attestation of PCR0 "
+                                          f"{pcr0[:16]}..." if pcr0 else ""))
+        return 0
+    if cmd == "kms" and ctx.get("kms_cmd") == "list":
+        keys = devstack.list_keys(state, environ=ctx.env)
+        if ctx.get("json"):
+            print(json.dumps(keys, indent=2))
+            return 0
+        for k in keys:
+            gate = f"gated to PCR0 {k['GatedPCR0'][:16]}..." if k["GatedPCR0"] else "not gated"
+            print(f"{k['Arn']}  {','.join(k['Aliases']) or '-'}  {k['KeyState']}, {gate}")
+        return 0
+    raise SopsError("usage: sops-enclave dev up|down|env|kms create-key|kms put-key-policy|"
+                    "kms list (see 'sops-enclave dev --help')")
 
 
 PARSERS.update({"exec": exec_parser, "dev": dev_parser})

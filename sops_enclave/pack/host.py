@@ -13,13 +13,18 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from sops_enclave.errors import CouldNotWriteOutputFile, SopsError
 from sops_enclave.rpc import PROTOCOL_VERSION, FrameError, recv_frame, send_frame
 
 __all__ = ["ExecOptions", "plan_at_commit", "build_request", "run_exec", "write_all_atomically",
-           "EnclaveError", "start_dev_enclave"]
+           "EnclaveError", "start_dev_enclave", "working_tree_changes", "check_recipients",
+           "preflight_kms", "DEV_HINT"]
+
+#: What to do when the dev KMS is missing (dev runs).
+DEV_HINT = ("start it with 'sops-enclave dev up', then eval \"$(sops-enclave dev env)\" "
+            "in this shell")
 
 
 class EnclaveError(SopsError):
@@ -45,11 +50,138 @@ def _git(repo: str, *args: str) -> bytes:
     return p.stdout
 
 
+def _resolve_commit(repo: str, rev: str) -> str:
+    """The commit id of ``rev`` in ``repo``, or a one-line error saying what is missing (never
+    git's own text)."""
+    if not os.path.isdir(repo):
+        raise SopsError(f"{repo}: no such directory (--repo DIR names the git repository of "
+                        "the manifest)")
+    if rev.startswith("-"):
+        raise SopsError(f"--commit {rev!r}: not a commit")
+    probe = subprocess.run(["git", "-C", repo, "rev-parse", "--git-dir"], capture_output=True)
+    if probe.returncode != 0:
+        raise SopsError(f"{repo} is not in a git repository: exec packs a commit of the "
+                        "repository that holds the manifest and the inputs (git init, commit "
+                        "them, or pass --repo DIR)")
+    p = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet",
+                        f"{rev}^{{commit}}"], capture_output=True)
+    if p.returncode == 0:
+        return p.stdout.decode().strip()
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet", "HEAD"],
+                          capture_output=True)
+    if head.returncode != 0 and rev == "HEAD":
+        raise SopsError(f"{repo} has no commit yet: exec packs a commit, not the working tree; "
+                        "commit the manifest and the inputs first")
+    raise SopsError(f"commit {rev!r} not found in {repo} (--commit takes a commit id, branch "
+                    "or tag of that repository)")
+
+
+def working_tree_changes(repo: str, commit: str, paths: Sequence[str]) -> list[tuple[str, str]]:
+    """``[(path, how)]`` for the paths whose working-tree (or index) state differs from
+    ``commit`` when it is the checked-out HEAD: modified, deleted, added or untracked. Empty
+    for another commit, a bare repository or no differences."""
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet", "HEAD"],
+                          capture_output=True)
+    inside = subprocess.run(["git", "-C", repo, "rev-parse", "--is-inside-work-tree"],
+                            capture_output=True)
+    if head.stdout.decode().strip() != commit or inside.stdout.strip() != b"true" or not paths:
+        return []
+    specs = [f":(top,literal){p}" for p in sorted(set(paths))]
+    out = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all",
+               "--ignored=no", "--", *specs)
+    changes = []
+    entries = iter(out.split(b"\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        xy, path = entry[:2].decode(), entry[3:].decode(errors="replace")
+        if xy[0] in "RC":
+            next(entries, None)  # a staged rename or copy: its source path follows
+        how = ("untracked" if xy == "??" else "deleted" if "D" in xy else
+               "added" if "A" in xy else "renamed" if xy[0] == "R" else "modified")
+        changes.append((path, how))
+    return changes
+
+
+def check_recipients(manifest_path: str, plans) -> None:
+    """Parse every age recipient of the plan as the enclave will (a malformed one is refused
+    here, in --dry-run, not inside the enclave)."""
+    from sops_enclave.keys.age import parse_recipient
+    from sops_enclave.pack.manifest import ManifestError
+
+    for plan in plans:
+        for r in plan.encrypt.age:
+            try:
+                parse_recipient(r)
+            except SopsError as e:
+                raise ManifestError(f"{manifest_path}: target {plan.target}: age recipient "
+                                    f"{r!r} is not valid: {e.message}") from None
+
+
+def _inputs_use_kms(opts: ExecOptions, commit: str, plans) -> bool:
+    """Does any input have a KMS key, as far as the host can tell from the commit?"""
+    from sops_enclave.formats import format_for_path, get_store
+    from sops_enclave.metadata import KMSEntry, parse_metadata
+
+    for path in sorted({i.file for p in plans for i in p.inputs}):
+        try:
+            blob = _git(opts.repo, "cat-file", "blob", f"{commit}:{path}")
+            _, raw = get_store(format_for_path(path)).load_encrypted(blob)
+            groups = parse_metadata(raw).key_groups
+        except Exception:  # noqa: BLE001 - the enclave reports unreadable inputs itself
+            continue
+        if any(isinstance(e, KMSEntry) for g in groups for e in g):
+            return True
+    return False
+
+
+def preflight_kms(opts: ExecOptions, commit: str, plans, env: Mapping[str, str]) -> None:
+    """Before the enclave starts: refuse, in one line with what to do, a run whose KMS calls
+    cannot work (no credentials; in dev mode no dev KMS configured, or not listening)."""
+    dev = opts.enclave == "dev"
+    if not (any(p.encrypt.kms for p in plans) or _inputs_use_kms(opts, commit, plans)):
+        return
+    if dev:
+        url = env.get("AWS_ENDPOINT_URL_KMS") or env.get("AWS_ENDPOINT_URL")
+        if not url:
+            raise EnclaveError("the dev enclave needs the dev KMS, and AWS_ENDPOINT_URL_KMS is "
+                               f"not set: {DEV_HINT}")
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise EnclaveError(f"AWS_ENDPOINT_URL_KMS={url!r} is not a URL: {DEV_HINT}") from None
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                pass
+        except OSError as e:
+            raise EnclaveError(f"the dev KMS at {url} is not reachable "
+                               f"({e.strerror or type(e).__name__}): {DEV_HINT}") from None
+    if not _credentials(env):
+        where = DEV_HINT if dev else ("give the host an instance role (or AWS_ACCESS_KEY_ID "
+                                      "and AWS_SECRET_ACCESS_KEY)")
+        raise EnclaveError(f"no AWS credentials for the enclave's KMS calls: {where}")
+
+
+def _explain(error: str, dev: bool, env: Mapping[str, str]) -> str:
+    """The enclave's error, with what to do when it is a KMS connection or credential one."""
+    url = env.get("AWS_ENDPOINT_URL_KMS") or env.get("AWS_ENDPOINT_URL") or "the KMS endpoint"
+    if any(k in error for k in ("EndpointConnectionError", "ConnectTimeoutError",
+                                "ConnectionClosedError", "ReadTimeoutError")):
+        return (f"{error}; {url} did not answer: {DEV_HINT}" if dev else
+                f"{error}; KMS did not answer: is the vsock-proxy to KMS running?")
+    if "NoCredentialsError" in error:
+        return f"{error}; no AWS credentials: {DEV_HINT}" if dev else error
+    return error
+
+
 def plan_at_commit(opts: ExecOptions):
     """(commit id, manifest, plans) read from the commit, not the working tree."""
     from sops_enclave.pack.manifest import load_manifest
 
-    commit = _git(opts.repo, "rev-parse", "--verify", f"{opts.commit}^{{commit}}").decode().strip()
+    commit = _resolve_commit(opts.repo, opts.commit)
     try:
         data = _git(opts.repo, "show", f"{commit}:{opts.manifest_path}")
     except SopsError:
@@ -202,8 +334,11 @@ def _progress(msg: str) -> None:
         print(f"[sops-enclave] {msg}", file=sys.stderr, flush=True)
 
 
-def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
-    """Run the pack in the enclave; writes the outputs and receipts.
+def run_exec(opts: ExecOptions, env: Mapping[str, str],
+             on_plan: Callable[[str], None] | None = None) -> dict:
+    """Run the pack in the enclave; writes the outputs and receipts. ``on_plan(commit)`` is
+    called once the plan is read, before the other host-side checks (recipients, KMS) and
+    before the enclave starts.
 
     Returns ``{"commit", "outputs": [{"target", "path", "receipt", "sha256"}],
     "kms_decrypt_calls"}`` (no content)."""
@@ -211,6 +346,10 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
     if not dev and not opts.enclave.startswith("nitro"):
         raise SopsError(f"--enclave must be dev or nitro[:CID[:PORT]], not {opts.enclave!r}")
     commit, _, plans = plan_at_commit(opts)
+    if on_plan is not None:
+        on_plan(commit)
+    check_recipients(opts.manifest_path, plans)
+    preflight_kms(opts, commit, plans, env)
     _progress(f"{len(plans)} output(s) at {commit[:12]}; collecting git objects")
     req = build_request(opts, commit, plans, env, dev=dev)
     _progress(f"sending {len(req['git'].get('objects', req['git']))} git objects to the "
@@ -238,7 +377,8 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str]) -> dict:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     if not resp.get("ok"):
-        raise EnclaveError(f"the enclave refused the run: {resp.get('error')}",
+        raise EnclaveError("the enclave refused the run: "
+                           + _explain(str(resp.get("error")), dev, env),
                            exit_code=int(resp.get("exit_code") or 1))
     from sops_enclave.receipt.builder import receipt_path
 

@@ -98,7 +98,7 @@ def _global_parser() -> _Parser:
                 description="A drop-in for sops (decrypt, encrypt, ...) with enclave-backed "
                 "packing and verifiable receipts. Legacy form: sops-enclave [-d|-e] FILE.",
                 epilog="Commands: decrypt, encrypt, rotate, edit, set, unset, filestatus, groups, "
-                "updatekeys, exec-env, exec-file, keyservice, exec, dev, attestation, verify, "
+                "updatekeys, exec-env, exec-file, keyservice, exec, dev, attestation, verify, audit, "
                 "measure, policy. "
                 "Run 'sops-enclave COMMAND --help' for a command's flags.")
     p.add_argument("-d", "--decrypt", action="store_true", help="decrypt FILE to stdout")
@@ -424,6 +424,7 @@ def _extra_commands() -> dict[str, str]:
     """Commands that live in other modules: name -> "module:register" hook."""
     return {"attestation": "sops_enclave.receipt.cli:register",
             "verify": "sops_enclave.receipt.cli:register",
+            "audit": "sops_enclave.receipt.audit:register",
             "keyservice": "sops_enclave.keyservice.cli:register",
             "measure": "sops_enclave.image.cli:register",
             "policy": "sops_enclave.image.cli:register"}

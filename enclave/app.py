@@ -105,7 +105,10 @@ def _load_policy(path: str | None, dev: bool):
         raise SystemExit(f"sops-enclave-app: {getattr(e, 'message', e)}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, dev_nsm=None) -> int:
+    """The enclave's entry point. ``dev_nsm(ca_dir, policy_bytes)`` makes the software NSM:
+    only the dev launcher (``python -m sops_enclave.devtools.dev_enclave``) passes it, so this
+    program, and the image, never import the dev stand-ins."""
     ap = argparse.ArgumentParser(prog="sops-enclave-app", description=__doc__.split("\n\n")[0])
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="PATH", help="listen on a unix socket (dev enclave)")
@@ -116,12 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the enclave policy (dev: covered by the dev measurement; default "
                          "on Nitro: the measured one in the image)")
     args = ap.parse_args(argv)
+    if args.dev and dev_nsm is None:
+        ap.error("--dev: start the dev enclave with python -m sops_enclave.devtools.dev_enclave")
     policy, raw = _load_policy(args.enclave_policy, args.dev)
     if args.dev:
-        # (dev only: devtools is never part of the image's bundle)
-        from sops_enclave.devtools.nsm_soft import SoftNSM, measure_bundle, policy_bundle
-
-        nsm = SoftNSM(ca_dir=args.dev_ca_dir, pcrs=measure_bundle(policy_bundle(raw)))
+        nsm = dev_nsm(args.dev_ca_dir, raw)
     else:
         from sops_enclave.enclave.nsm import NitroNSM  # type: ignore[import-not-found]
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from sops_enclave.errors import ConflictingParameters, CouldNotReadInputFile, SopsError
-from sops_enclave.receipt import _cbor
+from sops_enclave.receipt import strict_cbor as _cbor
 from sops_enclave.receipt.attestation import (
     MAX_DOCUMENT_SIZE, AttestationError, parse_attestation, verify_attestation)
 from sops_enclave.receipt.cli import register

@@ -541,7 +541,7 @@ def test_exec_kms_encrypt_failure_writes_nothing(tmp_path, sandbox, exec_repo, d
 
 
 def _our_enclaves(marker: str) -> list[int]:
-    """PIDs of dev enclaves (``sops_enclave.enclave.app``) whose command line names ``marker``
+    """PIDs of dev enclaves (``sops_enclave.devtools.dev_enclave``) whose command line names ``marker``
     (the per-test TMPDIR): only processes this test started."""
     pids = []
     for d in os.listdir("/proc"):
@@ -552,7 +552,7 @@ def _our_enclaves(marker: str) -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if b"sops_enclave.enclave.app" in cmd and marker.encode() in cmd:
+        if b"sops_enclave.devtools.dev_enclave" in cmd and marker.encode() in cmd:
             pids.append(int(d))
     return pids
 
@@ -709,7 +709,7 @@ def listen_shim(tmp_path_factory) -> Path:
     (d / "sitecustomize.py").write_text(
         "import os, sys\n"
         "_d = os.environ.get('SOPS_ENCLAVE_TEST_LISTEN_DELAY')\n"
-        "if _d and 'sops_enclave.enclave.app' in getattr(sys, 'orig_argv', []):\n"
+        "if _d and 'sops_enclave.devtools.dev_enclave' in getattr(sys, 'orig_argv', []):\n"
         "    import socket, time\n"
         "    _listen = socket.socket.listen\n"
         "    def listen(self, *a):\n"

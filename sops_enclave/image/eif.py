@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..errors import SopsError
-from ..receipt._cbor import CBORDecodeError, Tagged, decode as cbor_decode
+from ..receipt.strict_cbor import CBORDecodeError, Tagged, decode as cbor_decode
 
 __all__ = [
     "EIFError", "EIFHeader", "EIFSection", "EIFMeasurement", "SectionType", "parse_eif",

@@ -289,7 +289,7 @@ def start_dev_enclave(workdir: str, env: Mapping[str, str], enclave_policy: str 
                  if not k.startswith(("AWS_", "SOPS_AGE", "GNUPG"))}
     # cwd is the private work dir, so the enclave never imports code from the caller's cwd.
     log = open(os.path.join(workdir, "enclave.log"), "wb")
-    cmd = [sys.executable, "-m", "sops_enclave.enclave.app", "--unix", path, "--dev"]
+    cmd = [sys.executable, "-m", "sops_enclave.devtools.dev_enclave", "--unix", path, "--dev"]
     if enclave_policy:
         cmd += ["--enclave-policy", os.path.abspath(enclave_policy)]
     proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL, cwd=workdir,

@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import _cbor
+from . import strict_cbor as _cbor
 from ._x509_chain import (
     CertificateProblem, ChainProblem, RootProblem, check_root, load_certificates, verify_path)
 from .cose import COSE_SIGN1_TAG, verify_es384

@@ -257,6 +257,9 @@ def test_default_state_directory_follows_the_environment(env, tmp_path):
         up = run(TOOL + ["dev", "up"], e)
         assert up.returncode == 0, up.stderr
         assert (d / "run.json").exists()
+        # No --state: the default dev CA, where `verify --allow-dev` looks by itself.
+        assert exports(up.stdout.decode())["SOPS_ENCLAVE_DEV_CA_DIR"] == \
+            str(Path(env["HOME"]) / ".local" / "state" / "sops-enclave" / "dev-ca")
         down = run(TOOL + ["dev", "down"], e)
         assert down.returncode == 0 and f"kept in {d}" in down.stdout.decode()
     finally:

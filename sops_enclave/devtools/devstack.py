@@ -8,7 +8,8 @@ directory* (``--state DIR``; default ``$SOPS_ENCLAVE_DEV_STATE``, else
 
     config.json     the attested KMS's port and the default enclave policy (kept)
     run.json        pid, URLs and the dev principals while the stack runs (0600)
-    dev-ca/         the software NSM's dev CA (unless $SOPS_ENCLAVE_DEV_CA_DIR is set)
+    dev-ca/         the dev CA with --state DIR (default state: the default dev CA, where
+                    `verify --allow-dev` looks; $SOPS_ENCLAVE_DEV_CA_DIR wins)
     kms-secret      32 random bytes (0600): every key's material is derived from it
     kms-keys.json   the keys: id, ARN, description, state, key policy, aliases
     dev.log         the stack's log
@@ -253,6 +254,20 @@ def _state(state: str | None, environ: Mapping[str, str]) -> Path:
     return Path(state).absolute() if state else default_state_dir(environ)
 
 
+def _ca_dir(state_given: bool, d: Path, cfg: Mapping[str, Any],
+            environ: Mapping[str, str]) -> str:
+    """The dev CA the stack trusts (and the dev enclave signs with): $SOPS_ENCLAVE_DEV_CA_DIR,
+    else the one this state used before, else DIR/dev-ca with --state, else the default dev
+    CA (where ``verify --allow-dev`` looks without any variable)."""
+    from sops_enclave.receipt.dev_root import DEV_CA_DIR_ENV, default_dev_ca_dir
+
+    if environ.get(DEV_CA_DIR_ENV):
+        return str(Path(environ[DEV_CA_DIR_ENV]).absolute())
+    if cfg.get("ca_dir"):
+        return str(cfg["ca_dir"])
+    return str(d / "dev-ca") if state_given else str(default_dev_ca_dir(environ).absolute())
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -354,9 +369,11 @@ def up(state: str | None = None, port: int = 0, enclave_policy: str | None = Non
         return 0
     if port:
         cfg["port"] = port
+    cfg["ca_dir"] = _ca_dir(state is not None, d, cfg, environ)
     _write_json(d / "config.json", cfg)
     r, w = os.pipe()
     child_env = {k: v for k, v in environ.items() if not k.startswith("AWS_")}
+    child_env["SOPS_ENCLAVE_DEV_CA_DIR"] = cfg["ca_dir"]
     with open(d / "dev.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sops_enclave", "dev", "up",
                                  "--foreground", "--state", str(d), "--ready-fd", str(w)],
@@ -400,7 +417,7 @@ def serve(state: str | None = None, port: int = 0, enclave_policy: str | None = 
     if enclave_policy:
         cfg["enclave_policy"] = os.path.abspath(enclave_policy)
     port = port or int(cfg.get("port") or 0)
-    ca_dir = environ.get("SOPS_ENCLAVE_DEV_CA_DIR") or str(d / "dev-ca")
+    ca_dir = cfg["ca_dir"] = _ca_dir(state is not None, d, cfg, environ)
     # Signals only wake the main thread up (through the wakeup fd): the servers' threads
     # keep answering until the keys are written and the stack is stopped.
     wake_r, wake_w = os.pipe()

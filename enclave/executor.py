@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
-import hmac
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from sops_enclave.merge import deep_merge
 from sops_enclave.metadata import AgeEntry, KMSEntry, Metadata, parse_metadata
 from sops_enclave.pack.enclave_policy import DEFAULT_MANIFEST_PATH, EnclavePolicy
 from sops_enclave.tree import Branch
-from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree
+from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree, verify_mac
 
 __all__ = ["PackError", "EnclaveKeys", "run_pack"]
 
@@ -206,11 +205,10 @@ def _decrypt_input(path: str, blob: bytes, md: Metadata, branches: list[Branch],
     except SopsError:
         raise PackError(f"input {path}: a value is invalid") from None
     try:
-        stored = inner.decrypt(md.mac, md.mac_aad()) if md.mac else ""
+        verify_mac(inner, md.mac, md.mac_aad(), computed)
     except SopsError:
-        raise PackError(f"{path}: Cannot decrypt MAC", exit_code=51) from None
-    if not md.mac or not hmac.compare_digest(str(stored).encode(), computed.encode()):
-        raise PackError(f"{path}: MAC mismatch", exit_code=51)
+        # Generic: sops' own message would show the computed MAC (a digest of the values).
+        raise PackError(f"{path}: MAC mismatch", exit_code=51) from None
     return plain
 
 

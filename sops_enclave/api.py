@@ -15,7 +15,6 @@ sops exits with (51 MAC mismatch, 128 no data key, ...). Data keys never leave t
 from __future__ import annotations
 
 import datetime as _dt
-import hmac
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -23,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from sops_enclave import SOPS_FORMAT_VERSION
 from sops_enclave.cipher import ValueCipher
 from sops_enclave.errors import (CouldNotReadInputFile, ErrorDumpingTree, FileAlreadyEncrypted,
-                                 InvalidTreePathFormat, MacMismatch, MetadataNotFound,
+                                 InvalidTreePathFormat, MetadataNotFound,
                                  NeedAtLeastOneDocument, SopsError, go_wordwrap)
 from sops_enclave.formats import get_store, resolve_format
 from sops_enclave.keys.groups import DEFAULT_DECRYPTION_ORDER, LocalKeyService, get_data_key
@@ -31,7 +30,7 @@ from sops_enclave.keys.groups import protect_data_key
 from sops_enclave.metadata import (AgeEntry, KeyEntry, KMSEntry, Metadata, PGPEntry,
                                    format_time, parse_metadata)
 from sops_enclave.tree import Branch, Comment, Timestamp, extract
-from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree
+from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree, verify_mac
 
 __all__ = ["StoreConfig", "EncryptOptions", "Decrypted", "decrypt_document", "encrypt_document",
            "emit_plain", "parse_tree_path", "extract", "decrypt_bytes", "decrypt_file",
@@ -92,15 +91,9 @@ def decrypt_document(data: bytes, fmt: str, *, services: Sequence | None = None,
                      decryption_order: Sequence[str] = DEFAULT_DECRYPTION_ORDER,
                      record_ivs: bool = False) -> Decrypted:
     """Decrypt an encrypted document and verify its MAC (unless ``ignore_mac``)."""
-    branches, md = load_encrypted(data, fmt)
     services = services if services is not None else [LocalKeyService()]
-    key = get_data_key(md, services, decryption_order)
-    cipher = ValueCipher(key)
-    cipher.record = record_ivs
-    plain, computed = _decrypt_tree(branches, cipher, md)
-    if not ignore_mac:
-        _verify_mac(cipher, md, computed)
-    return Decrypted(plain, md, cipher.seen)
+    return _decrypt_with_key(data, fmt, services, ignore_mac, decryption_order,
+                             record_ivs=record_ivs)[0]
 
 
 UNENCRYPTED_COMMENT_WARNING = ("Found possibly unencrypted comment in file. This is to be "
@@ -143,14 +136,7 @@ def _decrypt_tree(branches: list[Branch], cipher: ValueCipher, md: Metadata):
 
 
 def _verify_mac(cipher: ValueCipher, md: Metadata, computed: str) -> None:
-    if md.mac == "":
-        raise MacMismatch(f"MAC mismatch. File has no MAC, computed {computed}")
-    try:
-        stored = cipher.decrypt(md.mac, md.mac_aad())
-    except SopsError as e:
-        raise MacMismatch(f"Cannot decrypt MAC: {e.message}") from None
-    if not isinstance(stored, str) or not hmac.compare_digest(stored.encode(), computed.encode()):
-        raise MacMismatch(f"MAC mismatch. File has {stored}, computed {computed}")
+    verify_mac(cipher, md.mac, md.mac_aad(), computed)
 
 
 def emit_plain(branches: list[Branch], fmt: str, cfg: StoreConfig | None = None) -> bytes:
@@ -352,11 +338,13 @@ def encrypt_dict(values: Mapping[str, Any], fmt: str = "yaml", **keys: Any) -> b
 # ------------------------------------------------------------------ changing an encrypted file
 
 def _decrypt_with_key(data: bytes, fmt: str, services: Sequence, ignore_mac: bool,
-                      order: Sequence[str]) -> tuple[Decrypted, bytes]:
+                      order: Sequence[str], *, record_ivs: bool = True
+                      ) -> tuple[Decrypted, bytes]:
+    """The one decrypt-and-verify path of the library: data key, tree, MAC."""
     branches, md = load_encrypted(data, fmt)
     key = get_data_key(md, services, order)
     cipher = ValueCipher(key)
-    cipher.record = True
+    cipher.record = record_ivs
     plain, computed = _decrypt_tree(branches, cipher, md)
     if not ignore_mac:
         _verify_mac(cipher, md, computed)

@@ -9,16 +9,17 @@ every non-comment leaf (only encrypted ones with ``mac_only_encrypted``), as upp
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
 from sops_enclave import goregex
 from sops_enclave.cipher import ValueCipher
-from sops_enclave.errors import ErrorEncryptingTree, SopsError
+from sops_enclave.errors import ErrorEncryptingTree, MacMismatch, SopsError
 from sops_enclave.goformat import plain_bytes
 from sops_enclave.tree import Branch, Comment
 
-__all__ = ["CryptRule", "encrypt_tree", "decrypt_tree", "CRYPT_RULE_NAMES",
+__all__ = ["CryptRule", "encrypt_tree", "decrypt_tree", "verify_mac", "CRYPT_RULE_NAMES",
            "MAC_ONLY_ENCRYPTED_INIT"]
 
 CRYPT_RULE_NAMES = ("unencrypted_suffix", "encrypted_suffix", "unencrypted_regex",
@@ -222,3 +223,17 @@ def decrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = 
     w = _Walker(rule, mac_only_encrypted, on_leaf)
     out = [w.branch(b, [], []) for b in branches]
     return out, w.hash.hexdigest().upper()
+
+
+def verify_mac(cipher: ValueCipher, stored_mac: str, aad: bytes, computed: str) -> None:
+    """The one MAC check (sops' messages, exit 51): ``stored_mac`` (the metadata's ``mac``,
+    an ``ENC[...]`` value under ``aad``) must decrypt to ``computed`` (from
+    :func:`decrypt_tree`), compared in constant time."""
+    if stored_mac == "":
+        raise MacMismatch(f"MAC mismatch. File has no MAC, computed {computed}")
+    try:
+        stored = cipher.decrypt(stored_mac, aad)
+    except SopsError as e:
+        raise MacMismatch(f"Cannot decrypt MAC: {e.message}") from None
+    if not isinstance(stored, str) or not hmac.compare_digest(stored.encode(), computed.encode()):
+        raise MacMismatch(f"MAC mismatch. File has {stored}, computed {computed}")

@@ -38,7 +38,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -284,19 +283,9 @@ def ensure_hosts_entries(entries: Mapping[str, str], path: str = "/etc/hosts") -
     wanted = kept + [f"{addr}\t{name}" for name, addr in entries.items()]
     if wanted == lines:
         return False
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".hosts.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(wanted) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from sops_enclave.fileio import write_atomic
+
+    write_atomic(path, ("\n".join(wanted) + "\n").encode("utf-8"), mode=0o644)
     return True
 
 

@@ -37,7 +37,13 @@ def read_stream(f, what: str = "standard input") -> bytes:
 
 
 def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` all at once; on any failure ``path`` is untouched."""
+    """Replace ``path`` with ``data`` all at once; on any failure ``path`` is untouched.
+
+    The one single-file atomic writer (CLI outputs, the enclave bundle, the enclave's
+    ``/etc/hosts``): a temporary in the same directory, fsync, chmod, rename. ``mode``
+    defaults to the existing file's, else 0666 less the umask. (The pack's outputs and
+    receipts, written all-or-none and without following links, use
+    ``pack.host.write_all_atomically``.)"""
     directory = os.path.dirname(os.path.abspath(path))
     if mode is None:
         try:
@@ -61,12 +67,15 @@ def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # interrupted too: never leave the temporary behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CouldNotWriteOutputFile(f"Could not write output file {path}: {e.strerror}") from None
+        if isinstance(e, OSError):
+            raise CouldNotWriteOutputFile(
+                f"Could not write output file {path}: {e.strerror}") from None
+        raise
     except BaseException:
         try:
             os.unlink(tmp)

@@ -3,9 +3,9 @@ imports included), with no exceptions listed:
 
 1. the core (tree, values, walk, metadata, stores, Shamir, Go formatting and regexps, merge,
    errors) imports nothing above it;
-2. the enclave program imports only the core, keys, CMS, the frame codec, receipt building and
-   pack verification: never the CLI, the library surface (``api``), ``config``, file I/O, the
-   key service, image tooling or the dev stand-ins;
+2. the enclave program imports only the core, keys, CMS, the frame codec, the atomic writer,
+   receipt building and pack verification: never the CLI, the library surface (``api``),
+   ``config``, the key service, image tooling or the dev stand-ins;
 3. nothing imports ``sops_enclave.devtools`` but the dev stand-ins themselves and the ``dev``
    command (tests, fixtures and bench are outside the package);
 4. no module imports a private name (or private module) of another subpackage.
@@ -26,11 +26,12 @@ CORE = ("sops_enclave.tree", "sops_enclave.cipher", "sops_enclave.walk",
         "sops_enclave.errors")
 ENCLAVE_MAY_IMPORT = CORE + (
     "sops_enclave.enclave", "sops_enclave.keys", "sops_enclave.cms", "sops_enclave.rpc",
+    "sops_enclave.fileio",
     "sops_enclave.receipt.builder", "sops_enclave.receipt.statement", "sops_enclave.receipt.dsse",
     "sops_enclave.receipt.cose", "sops_enclave.pack.manifest", "sops_enclave.pack.gitobjects",
     "sops_enclave.pack.enclave_policy", "sops_enclave.pack.sshsig")
 ENCLAVE_NEVER = ("sops_enclave.cli", "sops_enclave.commands", "sops_enclave.api",
-                 "sops_enclave.config", "sops_enclave.fileio", "sops_enclave.keyservice",
+                 "sops_enclave.config", "sops_enclave.keyservice",
                  "sops_enclave.image", "sops_enclave.devtools", "sops_enclave.pack.host",
                  "sops_enclave.receipt.cli", "sops_enclave.receipt.verifier")
 DEVTOOLS_USERS = ("sops_enclave.devtools", "sops_enclave.commands")

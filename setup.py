@@ -11,6 +11,7 @@ setup(
     packages=find_packages(include=["sops_enclave", "sops_enclave.*"]) + ["sops_enclave.enclave"],
     package_dir={"sops_enclave.enclave": "enclave"},
     # The image build files travel with the enclave program, so a wheel measures as a checkout.
-    package_data={"sops_enclave.keyservice": ["*.proto", "*.pyi"],
+    package_data={"sops_enclave": ["py.typed"],
+                  "sops_enclave.keyservice": ["*.proto", "*.pyi"],
                   "sops_enclave.enclave": ["Dockerfile", "requirements.lock"]},
 )

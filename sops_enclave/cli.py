@@ -49,8 +49,14 @@ def _add_key_flags(p: argparse.ArgumentParser) -> None:
                    "[$SOPS_PGP_FP]")
     p.add_argument("-a", "--age", metavar="RECIPIENTS", help="comma-separated age recipients "
                    "[$SOPS_AGE_RECIPIENTS]")
-    for name in ("gcp-kms", "azure-kv", "hc-vault-transit", "hckms"):
-        p.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    p.add_argument("--gcp-kms", metavar="IDS", help="comma-separated GCP KMS resource IDs "
+                   "[$SOPS_GCP_KMS_IDS]")
+    p.add_argument("--hckms", metavar="IDS", help="comma-separated HuaweiCloud KMS key IDs, "
+                   "region:key-uuid [$SOPS_HUAWEICLOUD_KMS_IDS]")
+    p.add_argument("--azure-kv", metavar="URLS", help="comma-separated Azure Key Vault key "
+                   "URLs, https://VAULT/keys/NAME[/VERSION] [$SOPS_AZURE_KEYVAULT_URLS]")
+    p.add_argument("--hc-vault-transit", metavar="URIS", help="comma-separated Vault transit "
+                   "key URIs, https://HOST:8200/v1/ENGINE/keys/NAME [$SOPS_VAULT_URIS]")
     p.add_argument("--encryption-context", default="", help="KMS encryption context, "
                    "k1:v1,k2:v2")
     p.add_argument("--shamir-secret-sharing-threshold", type=int, default=0, metavar="N",
@@ -104,7 +110,7 @@ def _global_parser() -> _Parser:
     p.add_argument("-d", "--decrypt", action="store_true", help="decrypt FILE to stdout")
     p.add_argument("-e", "--encrypt", action="store_true", help="encrypt FILE to stdout")
     p.add_argument("-r", "--rotate", action="store_true", help="rotate the data key of FILE")
-    for kind in ("kms", "pgp", "age"):
+    for kind in ("kms", "pgp", "gcp-kms", "hckms", "azure-kv", "hc-vault-transit", "age"):
         p.add_argument(f"--add-{kind}", help=argparse.SUPPRESS)
         p.add_argument(f"--rm-{kind}", help=argparse.SUPPRESS)
     _add_io_flags(p, decrypt=True)
@@ -319,24 +325,19 @@ def _safe_config(ctx: _Ctx, name: str):
     return ctx.config(name)
 
 
-def _split_csv(s: str | None) -> list[str]:
-    return [x.strip() for x in (s or "").split(",") if x.strip()]
-
-
 def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
     from sops_enclave import config as cfgmod
     from sops_enclave.api import EncryptOptions
-    from sops_enclave.metadata import AgeEntry, KMSEntry, PGPEntry
+    from sops_enclave.keys import registry
+    from sops_enclave.keys.base import KeyContext
     from sops_enclave.walk import CRYPT_RULE_NAMES, CryptRule
 
     env = ctx.env
-    kms = ctx.get("kms") if ctx.get("kms") is not None else env.get("SOPS_KMS_ARN")
-    pgp = ctx.get("pgp") if ctx.get("pgp") is not None else env.get("SOPS_PGP_FP")
-    age = ctx.get("age") if ctx.get("age") is not None else env.get("SOPS_AGE_RECIPIENTS")
-    for unsupported in ("gcp_kms", "azure_kv", "hc_vault_transit", "hckms"):
-        if ctx.get(unsupported):
-            raise SopsError(f"--{unsupported.replace('_', '-')} keys are not supported by "
-                            "sops-enclave (age, PGP and AWS KMS are)")
+    flags = {}
+    for kind, flag, var in registry.CLI_FLAGS:
+        v = ctx.get(flag.replace("-", "_"))
+        flags[kind] = v if v is not None else env.get(var)
+    any_keys = any(flags.values())
     cfg, _ = ctx.config(name)
     rule = None
     context = cfgmod.parse_encryption_context(ctx.get("encryption_context")) \
@@ -345,22 +346,18 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
         try:
             rule = cfg.creation_rule_for(name, kms_context=context or None)
         except SopsError:
-            if not (kms or pgp or age):
+            if not any_keys:
                 raise
     cli_rules = [(n, ctx.get(n)) for n in CRYPT_RULE_NAMES if ctx.get(n)]
     if len(cli_rules) > 1:
         raise ConflictingParameters("Error: cannot use more than one of encrypted_suffix, "
                                     "unencrypted_suffix, encrypted_regex, unencrypted_regex, "
                                     "encrypted_comment_regex, or unencrypted_comment_regex")
-    if kms or pgp or age:
-        group: list = []
-        for spec in (cfgmod.parse_kms_arg(kms, context, ctx.get("aws_profile") or "") if kms else []):
-            group.append(KMSEntry(spec.arn, spec.role, tuple(spec.context), spec.aws_profile))
-        group += [PGPEntry(fp) for fp in _split_csv(pgp)]
-        group += [AgeEntry(r) for r in _split_csv(age)]
-        groups = [group]
+    if any_keys:
+        groups = [registry.entries_from_flags(flags, KeyContext(env), kms_context=context,
+                                              aws_profile=ctx.get("aws_profile") or "")]
     elif rule is not None:
-        groups = [[_entry_from_spec(s) for s in g] for g in rule.key_groups]
+        groups = [[_entry_from_spec(s, env) for s in g] for g in rule.key_groups]
     else:
         raise SopsError("config file not found, or has no creation rules, and no keys provided "
                         "through command line options")
@@ -382,17 +379,10 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
                           mac_only_encrypted=mac_only), cfg
 
 
-def _entry_from_spec(spec: Any):
-    from sops_enclave.metadata import AgeEntry, KMSEntry, PGPEntry
+def _entry_from_spec(spec: Any, env: Any = None):
+    from sops_enclave.keys.registry import entry_from_spec
 
-    kind = type(spec).__name__
-    if kind == "AgeKeySpec":
-        return AgeEntry(spec.recipient)
-    if kind == "PGPKeySpec":
-        return PGPEntry(spec.fingerprint)
-    if kind == "KMSKeySpec":
-        return KMSEntry(spec.arn, spec.role, tuple(spec.context), spec.aws_profile)
-    raise SopsError(f"sops-enclave cannot encrypt with {getattr(spec, 'type', kind)} keys")
+    return entry_from_spec(spec, os.environ if env is None else env)
 
 
 def _do_encrypt(ctx: _Ctx, file: str | None, *, legacy: bool = False) -> int:

@@ -45,11 +45,16 @@ def _parser(cls, name: str, desc: str) -> argparse.ArgumentParser:
     return cls(prog=f"sops-enclave {name}", description=desc)
 
 
+#: the key flags of rotate (``--add-KIND``/``--rm-KIND``) and ``groups add``, in the order sops
+#: 3.11 reads them (``getMasterKeys``)
+_KEY_FLAG_KINDS = ("kms", "pgp", "gcp-kms", "hckms", "azure-kv", "hc-vault-transit", "age")
+
+
 def rotate_parser(cls):
     p = _parser(cls, "rotate", "Re-encrypt FILE with a fresh data key (same master keys, plus "
                 "--add-*, minus --rm-*). Prints the result unless -i/--output.")
     _common(p)
-    for kind in ("kms", "pgp", "age"):
+    for kind in _KEY_FLAG_KINDS:
         p.add_argument(f"--add-{kind}", help=f"add these {kind} keys to key group 0 (comma-separated)")
         p.add_argument(f"--rm-{kind}", help=f"remove these {kind} keys from every group")
     p.add_argument("file")
@@ -144,7 +149,10 @@ def _input(ctx) -> tuple[bytes, str]:
 
 
 def _keys_from_flags(value: str | None, kind: str) -> list:
+    """The entries of one ``--add-KIND``/``--rm-KIND``/``groups add --KIND`` value."""
     from sops_enclave import config as cfgmod
+    from sops_enclave.keys import registry
+    from sops_enclave.keys.base import KeyContext
     from sops_enclave.metadata import AgeEntry, KMSEntry, PGPEntry
 
     if not value:
@@ -152,8 +160,11 @@ def _keys_from_flags(value: str | None, kind: str) -> list:
     if kind == "kms":
         return [KMSEntry(s.arn, s.role, tuple(s.context), s.aws_profile)
                 for s in cfgmod.parse_kms_arg(value, {}, "")]
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    return [PGPEntry(x) if kind == "pgp" else AgeEntry(x) for x in items]
+    if kind in ("pgp", "age"):
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        return [PGPEntry(x) if kind == "pgp" else AgeEntry(x) for x in items]
+    name = {f: n for n, f, _ in registry.CLI_FLAGS}[kind]
+    return registry.key_type(name).from_arg(value, KeyContext(os.environ))
 
 
 def do_rotate(ctx) -> int:
@@ -162,8 +173,10 @@ def do_rotate(ctx) -> int:
     if ctx.get("in_place") and ctx.get("output"):
         raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
     data, path = _input(ctx)
-    add = sum((_keys_from_flags(ctx.get(f"add_{k}"), k) for k in ("kms", "pgp", "age")), [])
-    rm = sum((_keys_from_flags(ctx.get(f"rm_{k}"), k) for k in ("kms", "pgp", "age")), [])
+    add = sum((_keys_from_flags(ctx.get("add_" + k.replace("-", "_")), k)
+               for k in _KEY_FLAG_KINDS), [])
+    rm = sum((_keys_from_flags(ctx.get("rm_" + k.replace("-", "_")), k)
+              for k in _KEY_FLAG_KINDS), [])
     out = api.rotate_document(data, _fmt(ctx, path, "input_type"), add=add, remove=rm,
                               out_fmt=_fmt(ctx, path, "output_type"), services=ctx.services(),
                               ignore_mac=bool(ctx.get("ignore_mac")),
@@ -520,6 +533,14 @@ def groups_parser(cls):
     a.add_argument("--pgp", action="append", default=[], help="a PGP fingerprint (repeatable)")
     a.add_argument("--kms", action="append", default=[], help="an AWS KMS ARN (repeatable)")
     a.add_argument("--age", action="append", default=[], help="an age recipient (repeatable)")
+    a.add_argument("--gcp-kms", action="append", default=[], help="a GCP KMS resource ID "
+                   "(repeatable)")
+    a.add_argument("--hckms", action="append", default=[], help="a HuaweiCloud KMS key ID, "
+                   "region:key-uuid (repeatable)")
+    a.add_argument("--azure-kv", action="append", default=[], help="an Azure Key Vault key URL "
+                   "(repeatable)")
+    a.add_argument("--hc-vault-transit", action="append", default=[], help="a Vault transit "
+                   "key URI (repeatable)")
     d.add_argument("index", type=int)
     return p
 
@@ -539,9 +560,11 @@ def do_groups(ctx) -> int:
     groups = [list(g) for g in md.key_groups]
     threshold = ctx.get("shamir_secret_sharing_threshold")
     if sub == "add":
-        new = sum((_keys_from_flags(",".join(ctx.get(k) or []), k) for k in ("kms", "pgp", "age")), [])
+        new = sum((_keys_from_flags(",".join(ctx.get(k.replace("-", "_")) or []), k)
+                   for k in _KEY_FLAG_KINDS), [])
         if not new:
-            raise SopsError("groups add: give at least one --pgp, --kms or --age key")
+            raise SopsError("groups add: give at least one key (--pgp, --kms, --age, "
+                            "--gcp-kms, --hckms, --azure-kv or --hc-vault-transit)")
         groups.append(new)
     else:
         idx = ctx.get("index")

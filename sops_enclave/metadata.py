@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from sops_enclave.errors import SopsError
 from sops_enclave.tree import Branch, Comment, Timestamp
 from sops_enclave.walk import CRYPT_RULE_NAMES, CryptRule
 
-__all__ = ["Metadata", "AgeEntry", "PGPEntry", "KMSEntry", "OtherEntry", "KeyEntry",
+__all__ = ["Metadata", "AgeEntry", "PGPEntry", "KMSEntry", "GCPKMSEntry", "AzureKVEntry",
+           "VaultEntry", "HCKMSEntry", "OtherEntry", "KeyEntry", "ENTRY_TYPES", "typed_entry",
            "parse_metadata", "format_time", "parse_time"]
 
 
@@ -61,9 +62,79 @@ class KMSEntry:
         return s
 
 
+class _IdEntry:
+    """A key named by a few string fields (``FIELDS``, in the order sops 3.11's store struct
+    writes them), then ``created_at`` and ``enc``."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    enc: str
+    created_at: str
+
+    def id_fields(self) -> list[tuple[str, str]]:
+        return [(f, getattr(self, f)) for f in self.FIELDS]
+
+
+@dataclass
+class GCPKMSEntry(_IdEntry):
+    resource_id: str
+    enc: str = ""
+    created_at: str = ""
+    type = "gcp_kms"
+    FIELDS = ("resource_id",)
+
+    def ident(self) -> str:
+        return self.resource_id
+
+
+@dataclass
+class AzureKVEntry(_IdEntry):
+    vault_url: str
+    name: str
+    version: str = ""
+    enc: str = ""
+    created_at: str = ""
+    type = "azure_kv"
+    FIELDS = ("vault_url", "name", "version")
+
+    def ident(self) -> str:
+        return f"{self.vault_url}/keys/{self.name}/{self.version}"
+
+
+@dataclass
+class VaultEntry(_IdEntry):
+    vault_address: str
+    engine_path: str
+    key_name: str
+    enc: str = ""
+    created_at: str = ""
+    type = "hc_vault"
+    FIELDS = ("vault_address", "engine_path", "key_name")
+
+    def ident(self) -> str:
+        return f"{self.vault_address}/v1/{self.engine_path}/keys/{self.key_name}"
+
+
+@dataclass
+class HCKMSEntry(_IdEntry):
+    key_id: str
+    enc: str = ""
+    created_at: str = ""
+    type = "hckms"
+    FIELDS = ("key_id",)
+
+    def ident(self) -> str:
+        return self.key_id
+
+
+#: metadata list name -> entry class, for the key types named by string fields only.
+ENTRY_TYPES: dict[str, type[_IdEntry]] = {
+    c.type: c for c in (GCPKMSEntry, AzureKVEntry, VaultEntry, HCKMSEntry)}
+
+
 @dataclass
 class OtherEntry:
-    """A key type sops-enclave keeps but cannot use (gcp_kms, azure_kv, hc_vault, hckms)."""
+    """A key entry given as its raw fields (``type`` and a branch). The parser never makes
+    these; :func:`typed_entry` turns one of a known type into its entry class."""
 
     type: str
     fields: Branch = field(default_factory=Branch)
@@ -72,7 +143,18 @@ class OtherEntry:
         return " ".join(f"{k}={v}" for k, v in self.fields if k not in ("enc", "created_at"))
 
 
-KeyEntry = AgeEntry | PGPEntry | KMSEntry | OtherEntry
+KeyEntry = (AgeEntry | PGPEntry | KMSEntry | GCPKMSEntry | AzureKVEntry | VaultEntry
+            | HCKMSEntry | OtherEntry)
+
+
+def typed_entry(e: Any) -> Any:
+    """``e``, or for an :class:`OtherEntry` of a known id-field type, that type's entry."""
+    if isinstance(e, OtherEntry) and e.type in ENTRY_TYPES:
+        cls = ENTRY_TYPES[e.type]
+        f = {k: _s(v) for k, v in e.fields if isinstance(k, str)}
+        return cls(*[f.get(n, "") for n in cls.FIELDS], enc=f.get("enc", ""),  # type: ignore[call-arg]
+                   created_at=f.get("created_at", ""))
+    return e
 
 #: Load order of the key types inside one group (sops ``keyGroups`` loading order).
 _TYPE_ORDER = ("kms", "gcp_kms", "hckms", "azure_kv", "hc_vault", "pgp", "age")
@@ -160,9 +242,9 @@ def _entries(b: Any) -> list[KeyEntry]:
                                     tuple(sorted(pairs)), _s(_get(e, "aws_profile")),
                                     _s(_get(e, "enc")), _s(_get(e, "created_at"))))
             else:
-                fb = e if isinstance(e, Branch) else Branch(e.items())
-                out.append(OtherEntry(typ, Branch((k, _s(v)) for k, v in fb
-                                                 if not isinstance(k, Comment))))
+                cls = ENTRY_TYPES[typ]
+                out.append(cls(*[_s(_get(e, n)) for n in cls.FIELDS],  # type: ignore[call-arg]
+                               enc=_s(_get(e, "enc")), created_at=_s(_get(e, "created_at"))))
     return out
 
 
@@ -195,7 +277,7 @@ class Metadata:
         if len(groups) > 1:
             b.append(("key_groups", [self._group_branch(g, json_nulls) for g in groups]))
         single = groups[0] if len(groups) == 1 else []
-        for typ in ("kms", "gcp_kms", "azure_kv", "hc_vault", "age"):
+        for typ in ("kms", "gcp_kms", "hckms", "azure_kv", "hc_vault", "age"):
             lst = [self._entry_branch(e) for e in single if e.type == typ]
             if lst:
                 b.append((typ, lst))
@@ -213,7 +295,7 @@ class Metadata:
 
     def _group_branch(self, group: list[KeyEntry], json_nulls: bool) -> Branch:
         g = Branch()
-        for typ in ("pgp", "kms", "gcp_kms", "azure_kv", "hc_vault", "age"):
+        for typ in ("pgp", "kms", "gcp_kms", "hckms", "azure_kv", "hc_vault", "age"):
             lst = [self._entry_branch(e) for e in group if e.type == typ]
             if lst:
                 g.append((typ, lst))
@@ -235,6 +317,9 @@ class Metadata:
                 b.append(("context", Branch(sorted(e.context))))
             b += [("created_at", e.created_at), ("enc", e.enc), ("aws_profile", e.aws_profile)]
             return b
+        e = typed_entry(e)
+        if isinstance(e, _IdEntry):
+            return Branch(e.id_fields() + [("created_at", e.created_at), ("enc", e.enc)])
         return Branch(e.fields)
 
 

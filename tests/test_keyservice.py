@@ -414,16 +414,16 @@ def test_key_types_we_do_not_hold_fail_and_server_stays_up(sops, work, age_file,
     srv = our_server(local)
     via = _via(srv.keyservice_uri)
 
-    # a GCP KMS key: NOT_FOUND "Unknown key type", sops exits 128
+    # a GCP KMS key the server has no credentials for: its GCP error, sops exits 128
     (work / "gcp.enc.yaml").write_text(_as_gcp_only(age_file.read_text()))
     p = _sops(sops, ["decrypt", *via, "gcp.enc.yaml"], no_key_env, work)
     assert p.returncode == 128, p.stderr.decode()
-    assert b"Unknown key type" in p.stderr
+    assert b"GCP KMS" in p.stderr and b"Unknown key type" not in p.stderr
 
     # encrypting for a GCP key fails the same way
     p = _sops(sops, ["encrypt", *via, "--gcp-kms", GCP_ID, "plain.yaml"], no_key_env, work)
     assert p.returncode != 0
-    assert b"Unknown key type" in p.stderr
+    assert b"GCP KMS" in p.stderr
 
     # a PGP key whose secret key the server does not have
     gnupg_home, fpr = gpg_key
@@ -446,7 +446,7 @@ def test_key_types_we_do_not_hold_fail_and_server_stays_up(sops, work, age_file,
     assert p.returncode == 0, p.stderr.decode()
     assert p.stdout == PLAIN
     assert ("decrypt", "pgp") in local.calls and ("decrypt", "age") in local.calls
-    assert not any(t == "gcp_kms" for _, t in local.calls)  # never reached LocalKeyService
+    assert ("decrypt", "gcp_kms") in local.calls  # served (and failed) by LocalKeyService
 
 
 def test_pgp_through_our_server(sops, work, gpg_key, no_key_env, our_server):
@@ -578,9 +578,6 @@ def test_wire_format_by_hand(age_key, our_server):
 @pytest.mark.parametrize("key_bytes, code, msg", [
     (None, "NOT_FOUND", "Must provide a key"),
     (b"", "NOT_FOUND", "Unknown key type"),
-    (_ld(5, _ld(1, b"https://vault:8200")), "NOT_FOUND", "Unknown key type"),  # vault_key
-    (_ld(3, _ld(1, GCP_ID.encode())), "NOT_FOUND", "Unknown key type"),         # gcp_kms_key
-    (_ld(7, _ld(1, b"hckms-id")), "NOT_FOUND", "Unknown key type"),             # hckms_key
     (_ld(9, _ld(1, b"future")), "NOT_FOUND", "Unknown key type"),               # unknown field
 ])
 def test_unknown_key_types_are_not_found(age_key, our_server, key_bytes, code, msg):
@@ -640,14 +637,17 @@ def test_prompt_refused_and_accepted(age_key, our_server):
 
 
 def test_other_entry_types_reach_the_server(age_key, our_server):
-    """gcp_kms/azure_kv/hc_vault entries are forwarded (a sops server could serve them)."""
-    srv = our_server(LocalKeyService({}))
+    """gcp_kms/hc_vault entries are forwarded and served: the server's key errors come back."""
+    srv = our_server(LocalKeyService({"GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent"}))
     remote = RemoteKeyService(srv.keyservice_uri)
-    for entry in (OtherEntry("gcp_kms", Branch([("resource_id", GCP_ID), ("enc", "abc")])),
-                  OtherEntry("hc_vault", Branch([("vault_address", "https://v:8200"),
-                                                 ("engine_path", "transit"),
-                                                 ("key_name", "k"), ("enc", "vault:v1:x")]))):
-        with pytest.raises(KeyServiceError, match="code = NotFound desc = Unknown key type"):
+    for entry, why in (
+            (OtherEntry("gcp_kms", Branch([("resource_id", GCP_ID), ("enc", "abc")])),
+             "cannot create GCP KMS service: open /nonexistent"),
+            (OtherEntry("hc_vault", Branch([("vault_address", "https://v.invalid:8200"),
+                                            ("engine_path", "transit"),
+                                            ("key_name", "k"), ("enc", "vault:v1:x")])),
+             "Vault transit backend 'transit/decrypt/k'")):
+        with pytest.raises(KeyServiceError, match=why):
             remote.decrypt(entry)
     with pytest.raises(KeyServiceError, match="cannot be sent"):
         remote.decrypt(OtherEntry("nonsense", Branch()))

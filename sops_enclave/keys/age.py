@@ -541,8 +541,10 @@ def unwrap(enc: str, identities: Sequence, *, errors: Sequence[str] = (),
         out = try_plain(pending)
         if out is not None:
             return out
-    except _FatalUnwrap as e:
-        raise KeyMismatch(format_error(reader, str(e), errors, unused)) from None
+    except _FatalUnwrap as e:  # corrupt data, a failing plugin: the key applies but is broken
+        from sops_enclave.keys.base import KeyUnavailable
+
+        raise KeyUnavailable(format_error(reader, str(e), errors, unused)) from None
     if count == 1:
         err = "identity did not match any of the recipients: incorrect identity for recipient block"
     else:
@@ -564,3 +566,27 @@ def _go_age_error(msg: str) -> str:
     if "fill whole buffer" in low or "header is invalid" in low or "invalid header" in low:
         return f"failed to read header: {msg}"
     return msg
+
+
+class AgeKeyType:
+    """age keys (metadata ``age``: ``recipient``, ``enc``) for the key registry."""
+
+    type = "age"
+
+    def wrap(self, entry, data_key: bytes, ctx) -> str:
+        return wrap(data_key, entry.recipient)
+
+    def unwrap(self, entry, ctx) -> bytes:
+        found = ctx.age_identities(entry.recipient)
+        return unwrap(entry.enc, found.identities, errors=found.errors, unused=found.unused,
+                      env=ctx.env)
+
+    def from_arg(self, value: str, ctx, **_opts) -> list:
+        """``--age``/``SOPS_AGE_RECIPIENTS``: comma-separated, trimmed, empty items dropped
+        (a bad recipient fails when it is used)."""
+        from sops_enclave.metadata import AgeEntry
+
+        return [AgeEntry(r.strip()) for r in value.split(",") if r.strip()]
+
+
+KEY_TYPE = AgeKeyType()

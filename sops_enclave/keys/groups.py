@@ -14,8 +14,9 @@ from typing import Mapping, Sequence
 
 
 from sops_enclave.errors import CouldNotRetrieveKey, KeyMismatch, SopsError, go_wordwrap
-from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, OtherEntry, PGPEntry
-from sops_enclave.metadata import format_time
+from sops_enclave.goformat import go_quote
+from sops_enclave.metadata import AgeEntry, KeyEntry, Metadata, OtherEntry
+from sops_enclave.metadata import format_time, typed_entry
 
 __all__ = ["LocalKeyService", "get_data_key", "protect_data_key", "DEFAULT_DECRYPTION_ORDER",
            "parse_decryption_order"]
@@ -42,65 +43,40 @@ def parse_decryption_order(s: str | None) -> list[str]:
 
 
 class LocalKeyService:
-    """Wraps and unwraps with the keys this process can reach (its environment)."""
+    """Wraps and unwraps with the keys this process can reach (its environment), through the
+    key type registered for each entry's metadata type (:mod:`sops_enclave.keys.registry`)."""
 
     def __init__(self, env: Mapping[str, str] | None = None):
+        from sops_enclave.keys.base import KeyContext
+
         self.env = dict(os.environ if env is None else env)
+        self.context = KeyContext(self.env)
 
     def age_identities(self, recipient: str = ""):
         """Identity discovery for one age key, as sops does it: afresh for every key (so
         ``SOPS_AGE_KEY_CMD`` sees that key's ``SOPS_AGE_RECIPIENT``)."""
-        from sops_enclave.keys.discovery import load_age_identities
-        return load_age_identities(self.env, recipient)
+        return self.context.age_identities(recipient)
 
     def encrypt(self, entry: KeyEntry, plaintext: bytes) -> str:
-        if isinstance(entry, AgeEntry):
-            from sops_enclave.keys import age
-            return age.wrap(plaintext, entry.recipient)
-        if isinstance(entry, PGPEntry):
-            from sops_enclave.keys import pgp
-            from sops_enclave.keys.discovery import gpg_exec
-            return pgp.wrap(plaintext, entry.fp, gpg_exec(self.env), self.env)
-        if isinstance(entry, KMSEntry):
-            from sops_enclave.keys import kms
-            return kms.wrap(plaintext, entry.arn, entry.role, dict(entry.context), entry.aws_profile)
-        raise SopsError(f"sops-enclave cannot encrypt with {entry.type} keys")
+        from sops_enclave.keys import registry
+
+        entry = typed_entry(entry)
+        if not registry.known(entry.type) or isinstance(entry, OtherEntry):
+            raise SopsError(f"sops-enclave cannot encrypt with {entry.type} keys")
+        return registry.key_type(entry.type).wrap(entry, plaintext, self.context)
 
     def decrypt(self, entry: KeyEntry) -> bytes:
-        if isinstance(entry, AgeEntry):
-            from sops_enclave.keys import age
-            found = self.age_identities(entry.recipient)
-            return age.unwrap(entry.enc, found.identities, errors=found.errors,
-                              unused=found.unused, env=self.env)
-        if isinstance(entry, PGPEntry):
-            from sops_enclave.keys import pgp
-            from sops_enclave.keys.discovery import gpg_exec
-            return pgp.unwrap(entry.enc, gpg_exec(self.env), self.env)
-        if isinstance(entry, KMSEntry):
-            from sops_enclave.keys import kms
-            return kms.unwrap(entry.enc, entry.arn, entry.role, dict(entry.context),
-                              entry.aws_profile)
-        raise KeyMismatch(f"sops-enclave does not support {entry.type} keys")
+        from sops_enclave.keys import registry
+
+        entry = typed_entry(entry)
+        if not registry.known(entry.type) or isinstance(entry, OtherEntry):
+            raise KeyMismatch(f"sops-enclave does not support {entry.type} keys")
+        return registry.key_type(entry.type).unwrap(entry, self.context)
 
 
 def _key_name(e: KeyEntry) -> str:
     """sops' ``MasterKey.ToString()`` of a key, the name the failure report shows."""
-    if isinstance(e, OtherEntry):
-        f = {k: v for k, v in e.fields if isinstance(k, str)}
-
-        def g(k: str) -> str:
-            v = f.get(k)
-            return "" if v is None else str(v)
-
-        if e.type == "gcp_kms":
-            return g("resource_id")
-        if e.type == "azure_kv":
-            return f"{g('vault_url')}/keys/{g('name')}/{g('version')}"
-        if e.type == "hc_vault":
-            return f"{g('vault_address')}/v1/{g('engine_path')}/keys/{g('key_name')}"
-        if e.type == "hckms":
-            return g("key_id")
-    return e.ident()
+    return typed_entry(e).ident()
 
 
 def _order(group: Sequence[KeyEntry], order: Sequence[str]) -> list[KeyEntry]:
@@ -208,8 +184,10 @@ def protect_data_key(md: Metadata, data_key: bytes, services: Sequence,
                      now: _dt.datetime | None = None) -> None:
     """Fill every entry's ``enc`` (the whole key for one group, a Shamir share per group)."""
     groups = md.key_groups
-    if not groups or any(len(g) == 0 for g in groups):
-        raise SopsError("Could not generate data key: empty key group provided")
+    if not services or not groups or any(len(g) == 0 for g in groups):  # a Go []error: [..]
+        why = ("no key services provided, cannot update master keys" if not services else
+               "no key groups provided" if not groups else "empty key group provided")
+        raise SopsError(f"Could not generate data key: [{why}]")
     if len(groups) == 1:
         shares = [data_key]
     else:
@@ -219,20 +197,24 @@ def protect_data_key(md: Metadata, data_key: bytes, services: Sequence,
         from sops_enclave import shamir
         shares = shamir.split(data_key, len(groups), threshold)
     created = format_time(now or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
-    errors = []
+    errors: list[str] = []
     for share, group in zip(shares, groups):
-        for entry in group:
-            last: Exception | None = None
+        for gi, entry in enumerate(group):
+            if isinstance(entry, OtherEntry):
+                entry = group[gi] = typed_entry(entry)
+            key_errors: list[str] = []
             for svc in services:
                 try:
                     entry.enc = svc.encrypt(entry, share)
-                    last = None
+                    key_errors = []
                     break
-                except SopsError as e:
-                    last = e
-            if last is not None:
-                errors.append(str(last))
-            elif isinstance(entry, (PGPEntry, KMSEntry)):
-                entry.created_at = created
+                except (SopsError, KeyMismatch) as e:
+                    msg = e.message if isinstance(e, SopsError) else str(e)
+                    key_errors.append(f"failed to encrypt new data key with master key "
+                                      f"{go_quote(_key_name(entry))}: {msg}")
+            if key_errors:
+                errors += key_errors
+            elif not isinstance(entry, AgeEntry):
+                entry.created_at = created  # type: ignore[union-attr]
     if errors:
-        raise SopsError("Could not generate data key: [" + ", ".join(errors) + "]")
+        raise SopsError("Could not generate data key: [" + " ".join(errors) + "]")

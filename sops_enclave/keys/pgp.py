@@ -7,6 +7,7 @@ import subprocess
 from typing import Mapping
 
 from sops_enclave.errors import KeyMismatch, SopsError, go_errno_text
+from sops_enclave.keys.base import KeyUnavailable
 
 __all__ = ["wrap", "unwrap", "gnupg_home"]
 
@@ -18,12 +19,10 @@ def wrap(data_key: bytes, fingerprint: str, gpg: str = "gpg", env: dict | None =
     try:
         p = subprocess.run(args, input=data_key, capture_output=True, env=env, timeout=120)
     except FileNotFoundError:
-        raise SopsError(f"failed to encrypt new data key with master key \"{fp}\": gpg binary "
-                        f"{gpg!r} not found (set SOPS_GPG_EXEC)") from None
+        raise KeyUnavailable(f"gpg binary {gpg!r} not found (set SOPS_GPG_EXEC)") from None
     if p.returncode != 0 or not p.stdout.strip():
         err = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise SopsError(f"failed to encrypt new data key with master key \"{fp}\": "
-                        f"{err[-1] if err else 'gpg failed'}")
+        raise SopsError(err[-1] if err else "gpg failed")
     return p.stdout.decode("ascii").strip()
 
 
@@ -80,3 +79,25 @@ def unwrap(enc: str, gpg: str = "gpg", env: dict | None = None) -> bytes:
         return out
     raise KeyMismatch("could not decrypt data key with PGP key: github.com/ProtonMail/go-crypto/"
                       f"openpgp error: {_openpgp_attempt(env)}; GnuPG binary error: {why}")
+
+
+class PGPKeyType:
+    """PGP keys through gpg (metadata ``pgp``: ``created_at``, ``enc``, ``fp``)."""
+
+    type = "pgp"
+
+    def wrap(self, entry, data_key: bytes, ctx) -> str:
+        return wrap(data_key, entry.fp, ctx.gpg(), dict(ctx.env))
+
+    def unwrap(self, entry, ctx) -> bytes:
+        return unwrap(entry.enc, ctx.gpg(), dict(ctx.env))
+
+    def from_arg(self, value: str, ctx, **_opts) -> list:
+        """``--pgp``/``SOPS_PGP_FP``: comma-separated fingerprints, spaces removed (as sops'
+        ``NewMasterKeyFromFingerprint``), empty items dropped."""
+        from sops_enclave.metadata import PGPEntry
+
+        return [PGPEntry(f.replace(" ", "")) for f in value.split(",") if f.strip()]
+
+
+KEY_TYPE = PGPKeyType()

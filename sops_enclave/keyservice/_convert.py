@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, OtherEntry, PGPEntry
+from sops_enclave.metadata import (ENTRY_TYPES, AgeEntry, KeyEntry, KMSEntry, OtherEntry,
+                                   PGPEntry, typed_entry)
 
 __all__ = ["key_from_entry", "entry_from_key", "describe", "UnsupportedKey",
            "OTHER_TYPES"]
 
-#: metadata type of an :class:`OtherEntry` -> (oneof field, message class, its fields). The
+#: metadata type of an id-field entry -> (oneof field, message class, its fields). The
 #: message fields have the same names as the metadata fields (sops stores.go / keyservice.proto).
 OTHER_TYPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "gcp_kms": ("gcp_kms_key", "GcpKmsKey", ("resource_id",)),
@@ -15,6 +16,7 @@ OTHER_TYPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hc_vault": ("vault_key", "VaultKey", ("vault_address", "engine_path", "key_name")),
     "hckms": ("hckms_key", "HckmsKey", ("key_id",)),
 }
+_BY_ONEOF = {oneof: (typ, names) for typ, (oneof, _cls, names) in OTHER_TYPES.items()}
 
 
 class UnsupportedKey(Exception):
@@ -31,18 +33,19 @@ def key_from_entry(entry: KeyEntry, pb):
         return pb.Key(kms_key=pb.KmsKey(arn=entry.arn, role=entry.role,
                                         context=dict(entry.context),
                                         aws_profile=entry.aws_profile))
-    if isinstance(entry, OtherEntry) and entry.type in OTHER_TYPES:
+    entry = typed_entry(entry)
+    if not isinstance(entry, OtherEntry) and entry.type in OTHER_TYPES:
         field, cls_name, names = OTHER_TYPES[entry.type]
-        vals = {n: str(entry.fields.get(n) or "") for n in names}
+        vals = {n: str(getattr(entry, n) or "") for n in names}
         return pb.Key(**{field: getattr(pb, cls_name)(**vals)})
     raise UnsupportedKey(f"{getattr(entry, 'type', type(entry).__name__)} keys cannot be sent "
                          f"to a key service")
 
 
 def entry_from_key(key, enc: str = "") -> KeyEntry:
-    """The metadata entry :class:`LocalKeyService` understands, for age, PGP and AWS KMS keys.
+    """The metadata entry for a ``Key`` message, for every key type of the protocol.
 
-    Raises :class:`UnsupportedKey` with sops' message for anything else.
+    Raises :class:`UnsupportedKey` with sops' message for an empty or unknown key.
     """
     which = key.WhichOneof("key_type")
     if which == "age_key":
@@ -52,10 +55,11 @@ def entry_from_key(key, enc: str = "") -> KeyEntry:
     if which == "kms_key":
         k = key.kms_key
         return KMSEntry(k.arn, k.role, tuple(sorted(k.context.items())), k.aws_profile, enc)
-    if which is None:
-        raise UnsupportedKey("Unknown key type")
-    raise UnsupportedKey(f"Unknown key type: {which} is not served by the sops-enclave key "
-                         f"service (it serves age, PGP and AWS KMS keys)")
+    if which in _BY_ONEOF:
+        typ, names = _BY_ONEOF[which]
+        msg = getattr(key, which)
+        return ENTRY_TYPES[typ](*[getattr(msg, n) for n in names], enc=enc)  # type: ignore[call-arg]
+    raise UnsupportedKey("Unknown key type")
 
 
 def describe(key) -> str:

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``keyservice`` to an ``argparse`` subparsers object; returns the new parser."""
     p = subparsers.add_parser("keyservice", help=_HELP, description=_HELP + ". It serves the "
-                              "age, PGP and AWS KMS keys this process can reach to 'sops "
+                              "age, PGP, AWS KMS, GCP KMS, Azure Key Vault, Vault transit and "
+                              "HuaweiCloud KMS keys this process can reach to 'sops "
                               "--keyservice URI' over plaintext gRPC (no TLS, no auth).")
     return add_arguments(p)
 

@@ -2,14 +2,18 @@
 
 It answers the real ``sops --keyservice URI`` (and :class:`RemoteKeyService`) with the keys this
 process can reach, through a :class:`~sops_enclave.keys.groups.LocalKeyService`: age (every
-identity it has, whatever recipient the request names), PGP (``gpg``, ``GNUPGHOME``) and AWS
-KMS (boto3 credentials). The request carries key identifiers only; private keys never leave.
+identity it has, whatever recipient the request names), PGP (``gpg``, ``GNUPGHOME``), AWS
+KMS (boto3 credentials), GCP KMS, Azure Key Vault, Vault transit and HuaweiCloud KMS (each
+with the credentials of this process's environment). The request carries key identifiers
+only; private keys never leave.
 
 Status codes (one-line messages, as ``status.Errorf`` in sops):
 
-* no key / unset oneof -> ``NOT_FOUND`` "Must provide a key" / "Unknown key type";
-  GCP KMS, Azure Key Vault, Vault, HuaweiCloud KMS -> ``NOT_FOUND`` "Unknown key type: ...";
+* no key / unset or unknown oneof -> ``NOT_FOUND`` "Must provide a key" / "Unknown key type";
 * :class:`~sops_enclave.errors.KeyMismatch` (no identity/secret key/KMS access fits) -> ``NOT_FOUND``;
+* :class:`~sops_enclave.keys.base.KeyUnavailable` (the key's service is unreachable or
+  failing, credentials are missing) -> ``UNKNOWN`` with the key's error text (what sops'
+  own server answers for every key error, so the client's report reads the same);
 * other :class:`~sops_enclave.errors.SopsError` (bad recipient, gpg cannot encrypt, ...) ->
   ``FAILED_PRECONDITION``; empty plaintext, ciphertext that is not UTF-8 -> ``INVALID_ARGUMENT``;
 * ``--prompt`` refused (or no answer) -> ``PERMISSION_DENIED`` "Request rejected by user";
@@ -34,6 +38,7 @@ import threading
 from typing import Callable
 
 from sops_enclave.errors import KeyMismatch, SopsError
+from sops_enclave.keys.base import KeyUnavailable
 from sops_enclave.keyservice import grpc_modules
 from sops_enclave.keyservice._convert import UnsupportedKey, describe, entry_from_key
 
@@ -135,6 +140,8 @@ class KeyServiceServicer:
             return pb.DecryptResponse(plaintext=self.local.decrypt(entry))
         except KeyMismatch as e:
             raise _Failure("NOT_FOUND", str(e) or "no key available for this request") from None
+        except KeyUnavailable as e:
+            raise _Failure("UNKNOWN", e.message or type(e).__name__) from None
         except SopsError as e:
             raise _Failure("FAILED_PRECONDITION", e.message or type(e).__name__) from None
         except Exception as e:

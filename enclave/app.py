@@ -13,22 +13,34 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sops_enclave.rpc import error_frame, recv_frame, send_frame
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from sops_enclave.pack.enclave_policy import EnclavePolicy
+
+    from .executor import EnclaveNSM
+
+    #: Makes the dev enclave's software NSM from ``(dev CA directory, enclave policy bytes)``.
+    DevNSMFactory: TypeAlias = Callable[[str | None, bytes | None], EnclaveNSM]
 
 __all__ = ["serve", "main"]
 
 
-def _kms_factory(request: dict, dev: bool):
+def _kms_factory(request: dict[str, Any], dev: bool) -> Callable[[str], Any]:
     import boto3
     from botocore.config import Config
 
     aws = request.get("aws") or {}
     endpoint = request.get("kms_endpoint") if dev else None
-    clients: dict = {}
+    clients: dict[str, Any] = {}
     lock = threading.Lock()
 
-    def factory(arn: str):
+    def factory(arn: str) -> Any:
         from sops_enclave.keys.kms import region_of
 
         region = region_of(arn)
@@ -48,7 +60,8 @@ def _kms_factory(request: dict, dev: bool):
     return factory
 
 
-def _handle(conn: socket.socket, nsm, dev: bool, policy=None) -> None:
+def _handle(conn: socket.socket, nsm: EnclaveNSM, dev: bool,
+            policy: EnclavePolicy | None = None) -> None:
     from sops_enclave.enclave.executor import run_pack
 
     try:
@@ -70,7 +83,8 @@ def _handle(conn: socket.socket, nsm, dev: bool, policy=None) -> None:
         pass
 
 
-def serve(sock: socket.socket, nsm, dev: bool, once: bool = False, policy=None) -> None:
+def serve(sock: socket.socket, nsm: EnclaveNSM, dev: bool, once: bool = False,
+          policy: EnclavePolicy | None = None) -> None:
     sock.listen(4)
     while True:
         conn, _ = sock.accept()
@@ -80,7 +94,7 @@ def serve(sock: socket.socket, nsm, dev: bool, once: bool = False, policy=None) 
             return
 
 
-def _load_policy(path: str | None, dev: bool):
+def _load_policy(path: str | None, dev: bool) -> tuple[EnclavePolicy | None, bytes | None]:
     """``(EnclavePolicy or None, its bytes or None)``. On Nitro the policy is the measured
     file in the image (bundle path ``enclave-policy.yaml`` beside the package) and is
     required; the dev enclave may run without one (an unrestricted run)."""
@@ -105,7 +119,7 @@ def _load_policy(path: str | None, dev: bool):
         raise SystemExit(f"sops-enclave-app: {getattr(e, 'message', e)}")
 
 
-def main(argv: list[str] | None = None, dev_nsm=None) -> int:
+def main(argv: list[str] | None = None, dev_nsm: DevNSMFactory | None = None) -> int:
     """The enclave's entry point. ``dev_nsm(ca_dir, policy_bytes)`` makes the software NSM:
     only the dev launcher (``python -m sops_enclave.devtools.dev_enclave``) passes it, so this
     program, and the image, never import the dev stand-ins."""
@@ -122,10 +136,12 @@ def main(argv: list[str] | None = None, dev_nsm=None) -> int:
     if args.dev and dev_nsm is None:
         ap.error("--dev: start the dev enclave with python -m sops_enclave.devtools.dev_enclave")
     policy, raw = _load_policy(args.enclave_policy, args.dev)
+    nsm: EnclaveNSM
     if args.dev:
+        assert dev_nsm is not None  # ap.error above exits otherwise
         nsm = dev_nsm(args.dev_ca_dir, raw)
     else:
-        from sops_enclave.enclave.nsm import NitroNSM  # type: ignore[import-not-found]
+        from sops_enclave.enclave.nsm import NitroNSM
 
         nsm = NitroNSM()
     if args.unix:
@@ -149,8 +165,8 @@ def main(argv: list[str] | None = None, dev_nsm=None) -> int:
         finally:
             os.umask(old)
     else:
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
-        sock.bind((socket.VMADDR_CID_ANY, args.vsock))  # type: ignore[attr-defined]
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        sock.bind((socket.VMADDR_CID_ANY, args.vsock))
     # Stop at once, threads and in-flight KMS calls included; nothing to clean up but memory.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     try:

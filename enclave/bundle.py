@@ -42,6 +42,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 __all__ = ["BundleError", "BundleInfo", "bundle_files", "tar_bytes", "build", "main",
            "default_root", "source_date_epoch", "BUNDLE_NAME"]
@@ -154,6 +155,7 @@ def tar_bytes(files: Mapping[str, bytes], mtime: int = 0) -> bytes:
     if not 0 <= mtime <= _MAX_MTIME:
         raise BundleError(f"mtime {mtime} is outside 0..{_MAX_MTIME}")
     entries: dict[str, bytes | None] = {}
+    content: bytes | None  # a file's bytes, None for a directory (both loops)
     for path, content in files.items():
         parts = PurePosixPath(_check_path(path)).parts
         for i in range(1, len(parts)):
@@ -201,7 +203,7 @@ class BundleInfo:
     dev_pcrs: dict[int, str]
     enclave_policy_sha256: str | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "files": self.files, "size": self.size,
                 "sha256": self.sha256, "mtime": self.mtime,
                 "dev_pcrs": {str(k): v for k, v in sorted(self.dev_pcrs.items())},

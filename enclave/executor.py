@@ -13,7 +13,7 @@ import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -24,12 +24,24 @@ from sops_enclave.errors import KeyMismatch, SopsError
 from sops_enclave.formats import format_for_path, get_store
 from sops_enclave.keys.groups import get_data_key, protect_data_key
 from sops_enclave.merge import deep_merge
-from sops_enclave.metadata import AgeEntry, KMSEntry, Metadata, parse_metadata
+from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, parse_metadata
 from sops_enclave.pack.enclave_policy import DEFAULT_MANIFEST_PATH, EnclavePolicy
 from sops_enclave.tree import Branch
 from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree, verify_mac
 
-__all__ = ["PackError", "EnclaveKeys", "run_pack"]
+if TYPE_CHECKING:
+    from sops_enclave.receipt.statement import SignerRecord
+
+__all__ = ["PackError", "EnclaveKeys", "EnclaveNSM", "run_pack"]
+
+
+class EnclaveNSM(Protocol):
+    """What the pack step needs of the NSM: ``NitroNSM`` (``/dev/nsm``) or the dev stand-in."""
+
+    def attest(self, public_key: bytes | None = None, user_data: bytes | None = None,
+               nonce: bytes | None = None) -> bytes: ...
+
+    def get_random(self, n: int) -> bytes: ...
 
 
 class PackError(SopsError):
@@ -40,7 +52,7 @@ class PackError(SopsError):
 class KMSCall:
     arn: str
     request_id: str
-    encryption_context: dict
+    encryption_context: dict[str, str]
     enc: str = ""
 
 
@@ -51,9 +63,9 @@ class EnclaveKeys:
     Each distinct (ARN, ciphertext) is decrypted once; :meth:`prefetch` runs them concurrently.
     """
 
-    def __init__(self, kms_client_factory: Callable[[str], Any], nsm, *,
-                 age_identities: Sequence = (), dev: bool = False,
-                 policy: EnclavePolicy | None = None):
+    def __init__(self, kms_client_factory: Callable[[str], Any], nsm: EnclaveNSM, *,
+                 age_identities: Sequence[object] = (), dev: bool = False,
+                 policy: EnclavePolicy | None = None) -> None:
         self._kms = kms_client_factory
         self._nsm = nsm
         self._age = list(age_identities)
@@ -103,7 +115,7 @@ class EnclaveKeys:
         return key, call
 
     def prefetch(self, entries: Sequence[KMSEntry]) -> None:
-        todo = {}
+        todo: dict[tuple[str, str], KMSEntry] = {}
         for e in entries:
             if self.input_kms_allowed(e.arn):
                 todo.setdefault((e.arn, e.enc), e)
@@ -111,7 +123,8 @@ class EnclaveKeys:
         if not todo:
             return
 
-        def one(item):
+        def one(item: tuple[tuple[str, str], KMSEntry]
+                ) -> tuple[tuple[str, str], tuple[bytes, KMSCall] | None, Exception | None]:
             k, e = item
             try:
                 return k, self._kms_decrypt(e), None
@@ -124,7 +137,7 @@ class EnclaveKeys:
                     self._cache[k] = key
 
     # The key-service interface used by keys.groups.
-    def decrypt(self, entry) -> bytes:
+    def decrypt(self, entry: KeyEntry) -> bytes:
         if isinstance(entry, KMSEntry):
             if not self.input_kms_allowed(entry.arn):
                 raise KeyMismatch(f"{entry.arn} is not an input key of the enclave policy")
@@ -143,7 +156,7 @@ class EnclaveKeys:
         raise KeyMismatch(f"{entry.type} keys cannot be used inside the enclave"
                           + ("" if self.dev else " (only KMS with attestation)"))
 
-    def encrypt(self, entry, plaintext: bytes) -> str:
+    def encrypt(self, entry: KeyEntry, plaintext: bytes) -> str:
         if isinstance(entry, KMSEntry):
             client = self._kms(entry.arn)
             try:
@@ -175,7 +188,7 @@ class _GenericErrors:
         self._inner = cipher
         self._path = path
 
-    def decrypt(self, value, aad: bytes = b""):
+    def decrypt(self, value: str, aad: bytes = b"") -> Any:
         try:
             return self._inner.decrypt(value, aad)
         except (SopsError, ValueError, TypeError, OverflowError):
@@ -198,8 +211,7 @@ def _decrypt_input(path: str, blob: bytes, md: Metadata, branches: list[Branch],
     inner = ValueCipher(key)
     cipher = _GenericErrors(inner, path)
     try:
-        plain, computed = decrypt_tree(branches, cipher,  # type: ignore[arg-type]
-                                       md.crypt_rule, md.mac_only_encrypted)
+        plain, computed = decrypt_tree(branches, cipher, md.crypt_rule, md.mac_only_encrypted)
     except PackError:
         raise
     except SopsError:
@@ -239,7 +251,8 @@ def _check_repository(value: Any) -> str:
     return value
 
 
-def _signer(objects: dict, commit: str, policy: EnclavePolicy | None):
+def _signer(objects: dict[str, tuple[str, bytes]], commit: str,
+            policy: EnclavePolicy | None) -> SignerRecord | None:
     """The allowed signer of the commit (None in an unrestricted dev run)."""
     from sops_enclave.pack.sshsig import SignatureError, verify_commit_signature
     from sops_enclave.receipt.statement import SignerRecord
@@ -258,9 +271,10 @@ def _signer(objects: dict, commit: str, policy: EnclavePolicy | None):
     return SignerRecord(principal=s.principal, key_type=s.key_type, fingerprint=s.fingerprint)
 
 
-def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
-             dev: bool, age_identities: Sequence = (), clock=None,
-             policy: EnclavePolicy | None = None) -> dict:
+def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Callable[[str], Any],
+             *, dev: bool, age_identities: Sequence[object] = (),
+             clock: Callable[[], _dt.datetime] | None = None,
+             policy: EnclavePolicy | None = None) -> dict[str, Any]:
     """Carry out one pack request; returns ``{"ok": True, "outputs": [...]}``.
 
     ``policy`` is the measured enclave policy; only the dev enclave may run without one
@@ -327,7 +341,7 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
     keys.prefetch([e for _, md in loaded.values() for g in md.key_groups for e in g
                    if isinstance(e, KMSEntry)])
     decrypted: dict[str, tuple[list[Branch], Metadata]] = {}
-    opened_by: dict[str, list] = {}
+    opened_by: dict[str, list[KMSCall | str]] = {}
     for p in paths:
         branches, md = loaded[p]
         decrypted[p] = (_decrypt_input(p, blobs[p][1], md, branches, keys), md)
@@ -356,8 +370,9 @@ def run_pack(request: dict, nsm, kms_client_factory: Callable[[str], Any], *,
                 branch = sub
             docs.append(branch)
         merged, conflicts = deep_merge(docs)
-        group = [KMSEntry(arn, context=tuple(sorted(plan.encrypt.encryption_context.items())))
-                 for arn in plan.encrypt.kms]
+        group: list[Any] = [
+            KMSEntry(arn, context=tuple(sorted(plan.encrypt.encryption_context.items())))
+            for arn in plan.encrypt.kms]
         group += [AgeEntry(r) for r in plan.encrypt.age]
         md = Metadata(key_groups=[group], version=SOPS_FORMAT_VERSION,
                       crypt_rule=CryptRule(*OUTPUT_CRYPT_RULE))

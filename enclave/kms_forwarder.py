@@ -65,7 +65,7 @@ def vsock_connector(cid: int = PARENT_CID, port: int = DEFAULT_VSOCK_PORT,
                     timeout: float = 10.0) -> Connect:
     """Connect to ``(cid, port)`` over AF_VSOCK (the host's vsock-proxy)."""
     def connect() -> socket.socket:
-        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         try:
             s.settimeout(timeout)
             s.connect((cid, port))

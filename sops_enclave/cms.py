@@ -331,7 +331,8 @@ def _indefinite(tag: int, *content: bytes) -> bytes:
 
 
 def _oid(dotted: str) -> bytes:
-    return asn1_core.ObjectIdentifier(dotted).dump()
+    der: bytes = asn1_core.ObjectIdentifier(dotted).dump()
+    return der
 
 
 def _oaep_alg(hash_null: bool, mgf_hash_null: bool) -> bytes:
@@ -355,17 +356,18 @@ _OAEP_ENCODINGS = frozenset(_oaep_alg(a, b) for a in (True, False) for b in (Tru
 
 
 def _load_public(public_key: RSAPublicLike) -> rsa.RSAPublicKey:
+    key: object = public_key  # any loaded key type until checked below
     if isinstance(public_key, (bytes, bytearray, memoryview)):
         try:
-            public_key = serialization.load_der_public_key(bytes(public_key))
+            key = serialization.load_der_public_key(bytes(public_key))
         except (ValueError, TypeError) as e:
             raise ValueError(f"public_key is not a DER SubjectPublicKeyInfo: {e}") from None
-    if not isinstance(public_key, rsa.RSAPublicKey):
+    if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("public_key must be an RSA public key")
-    if public_key.key_size not in RSA_KEY_SIZES:
-        raise ValueError(f"RSA-{public_key.key_size} is not one of "
+    if key.key_size not in RSA_KEY_SIZES:
+        raise ValueError(f"RSA-{key.key_size} is not one of "
                          f"{', '.join(map(str, RSA_KEY_SIZES))} bits")
-    return public_key
+    return key
 
 
 def make_ciphertext_for_recipient(plaintext: bytes, public_key: RSAPublicLike) -> bytes:

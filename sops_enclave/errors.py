@@ -6,6 +6,8 @@ Messages never contain plaintext values or key material.
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 __all__ = [
     "SopsError", "CouldNotReadInputFile", "CouldNotWriteOutputFile", "ErrorDumpingTree",
     "InvalidEncryptionContext", "InvalidSetFormat", "ConflictingParameters",
@@ -15,6 +17,13 @@ __all__ = [
     "MetadataNotFound", "ConfigError", "KeyMismatch", "LoggedFatal", "go_wordwrap",
     "logrus_line", "go_errno_text",
 ]
+
+
+class _ErrorOptions(TypedDict, total=False):
+    """The keyword options of :class:`SopsError` (for subclasses passing them through)."""
+
+    exit_code: int | None
+    hint: str | None
 
 
 class SopsError(Exception):
@@ -110,7 +119,8 @@ class FileAlreadyEncrypted(SopsError):
 class MetadataNotFound(SopsError):
     """The document has no ``sops`` metadata (exit 1, as sops)."""
 
-    def __init__(self, message: str = "sops metadata not found", **kw):
+    def __init__(self, message: str = "sops metadata not found",
+                 **kw: Unpack[_ErrorOptions]) -> None:
         super().__init__(message, **kw)
 
 

@@ -40,6 +40,8 @@ import re
 import sys
 import threading
 import unicodedata
+from collections.abc import Callable
+from typing import TypeAlias, TypeVar, TypeVarTuple, Unpack
 
 __all__ = ["GoRegexError", "GoRegexUnsupported", "translate", "compile_go", "match_string",
            "go_text"]
@@ -98,7 +100,7 @@ _NON_GREEDY = 8  # U
 # ------------------------------------------------------------------------------ range sets
 # A class is a sorted list of disjoint, non-adjacent inclusive (lo, hi) code-point ranges.
 
-_Ranges = list
+_Ranges: TypeAlias = list[tuple[int, int]]
 
 
 def _clean(rs: list[tuple[int, int]]) -> _Ranges:
@@ -332,7 +334,7 @@ class _Node:
 
     __slots__ = ("op", "flags", "subs", "ranges", "rune", "min", "max")
 
-    def __init__(self, op: str, flags: int = 0, subs: list | None = None,
+    def __init__(self, op: str, flags: int = 0, subs: list[_Node] | None = None,
                  ranges: _Ranges | None = None, rune: int = -1, lo: int = 0, hi: int = 0):
         self.op = op
         self.flags = flags
@@ -867,11 +869,11 @@ def _check_limits(root: _Node, s: str, num_runes: int) -> None:
         elif op in ("plus", "quest"):
             z = 1 + size[id(subs[0])]
         elif op == "repeat":
-            sub = size[id(subs[0])]
+            sub_size = size[id(subs[0])]
             if node.max == -1:
-                z = 2 + sub if node.min == 0 else 1 + node.min * sub
+                z = 2 + sub_size if node.min == 0 else 1 + node.min * sub_size
             else:
-                z = node.max * sub + (node.max - node.min)
+                z = node.max * sub_size + (node.max - node.min)
         else:
             z = 1
         z = max(1, z)
@@ -969,7 +971,11 @@ def _emit(node: _Node) -> str:
 _DEEP = threading.Lock()
 
 
-def _deep(fn, *args):
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+
+def _deep(fn: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> _T:
     """Run ``fn`` with room for the ~1000-deep trees Go accepts (Python's re recurses too)."""
     try:
         return fn(*args)

@@ -41,8 +41,9 @@ class _Indexes:
         return idx
 
 
-def _merge_into(dst: Branch, src: Branch, origin: dict, path: tuple[str, ...], index: int,
-                conflicts: list[Conflict], indexes: _Indexes) -> None:
+def _merge_into(dst: Branch, src: Branch, origin: dict[tuple[str, ...], int],
+                path: tuple[str, ...], index: int, conflicts: list[Conflict],
+                indexes: _Indexes) -> None:
     where = indexes.of(dst)
     for k, v in src:
         if isinstance(k, Comment):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 import cbor2
 
@@ -25,14 +26,14 @@ class FrameError(SopsError):
     """A malformed, oversized or truncated frame."""
 
 
-def encode_frame(msg: dict) -> bytes:
+def encode_frame(msg: dict[str, Any]) -> bytes:
     body = cbor2.dumps(msg)
     if len(body) > MAX_FRAME:
         raise FrameError(f"frame of {len(body)} bytes is larger than the {MAX_FRAME}-byte limit")
     return struct.pack(">I", len(body)) + body
 
 
-def decode_frame(body: bytes) -> dict:
+def decode_frame(body: bytes) -> dict[Any, Any]:
     try:
         msg = cbor2.loads(body)
     except Exception as e:  # cbor2 raises several types for malformed input
@@ -52,18 +53,18 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def send_frame(sock: socket.socket, msg: dict) -> None:
+def send_frame(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.sendall(encode_frame(msg))
 
 
-def recv_frame(sock: socket.socket, max_size: int = MAX_FRAME) -> dict:
+def recv_frame(sock: socket.socket, max_size: int = MAX_FRAME) -> dict[Any, Any]:
     (n,) = struct.unpack(">I", _recv_exact(sock, 4))
     if n > max_size:
         raise FrameError(f"peer announced a {n}-byte frame; the limit is {max_size}")
     return decode_frame(_recv_exact(sock, n))
 
 
-def error_frame(err: Exception) -> dict:
+def error_frame(err: Exception) -> dict[str, Any]:
     code = getattr(err, "exit_code", 1)
     msg = err.message if isinstance(err, SopsError) else f"{type(err).__name__}"
     return {"ok": False, "error": msg, "exit_code": code}

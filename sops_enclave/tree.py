@@ -57,7 +57,7 @@ class Timestamp:
         return self.text
 
 
-class Branch(list):
+class Branch(list[tuple[Any, Any]]):
     """An ordered mapping: a list of ``(key, value)`` tuples, duplicates and comments kept."""
 
     __slots__ = ()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sops_enclave import goregex
 from sops_enclave.cipher import ValueCipher
@@ -27,6 +28,15 @@ CRYPT_RULE_NAMES = ("unencrypted_suffix", "encrypted_suffix", "unencrypted_regex
 
 #: SHA-256("sops"), fed first into the MAC when ``mac_only_encrypted`` is set.
 MAC_ONLY_ENCRYPTED_INIT = hashlib.sha256(b"sops").digest()
+
+#: What the walker calls for each leaf and comment: ``(value, path, comment stack)``.
+_OnLeaf = Callable[[Any, list[str], list[list[str]]], Any]
+
+
+class ValueDecrypter(Protocol):
+    """What :func:`decrypt_tree` needs of its cipher: a :class:`ValueCipher` or a wrapper."""
+
+    def decrypt(self, s: str, aad: bytes, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ class CryptRule:
 
 
 class _Walker:
-    def __init__(self, rule: CryptRule, mac_only_encrypted: bool, on_leaf):
+    def __init__(self, rule: CryptRule, mac_only_encrypted: bool, on_leaf: _OnLeaf) -> None:
         self.rule = rule
         self.simple = rule.kind is None or not rule.kind.endswith("comment_regex")
         self.hash = hashlib.sha512()
@@ -123,7 +133,7 @@ class _Walker:
                 frame.clear()
         return out
 
-    def seq(self, seq: list, path: list[str], stack: list[list[str]]) -> list:
+    def seq(self, seq: list[Any], path: list[str], stack: list[list[str]]) -> list[Any]:
         frame: list[str] = []
         stack = stack + [frame]
         out = []
@@ -132,6 +142,7 @@ class _Walker:
             is_comment = isinstance(value, Comment)
             if is_comment:
                 frame.append(value.value)
+            new: Any
             if isinstance(value, Branch):
                 new = self.branch(value, path, stack)
             elif isinstance(value, list):
@@ -191,7 +202,7 @@ def encrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = 
     return out, w.hash.hexdigest().upper()
 
 
-def decrypt_tree(branches: list[Branch], cipher: ValueCipher, rule: CryptRule = CryptRule(),
+def decrypt_tree(branches: list[Branch], cipher: ValueDecrypter, rule: CryptRule = CryptRule(),
                  mac_only_encrypted: bool = False) -> tuple[list[Branch], str]:
     """Decrypt every leaf the rule selects. Returns plaintext branches and the computed MAC."""
     def on_leaf(value: Any, path: list[str], stack: list[list[str]]) -> Any:

@@ -24,7 +24,7 @@ def resolve_format(flag: str | None, path: str) -> str:
     """An explicit, known ``--input-type``/``--output-type`` wins; anything else (as in sops,
     including unknown names) falls back to the file extension."""
     if flag in FORMATS:
-        return flag  # type: ignore[return-value]
+        return flag
     return format_for_path(path)
 
 

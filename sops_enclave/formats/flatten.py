@@ -49,7 +49,7 @@ def flatten(branch: Branch, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _flatten_value(value: Any, key: str, out: list, seen: set) -> None:
+def _flatten_value(value: Any, key: str, out: list[tuple[str, Any]], seen: set[str]) -> None:
     if isinstance(value, Branch):
         _flatten_map(value, key + MAP_SEPARATOR, out, seen)
         return
@@ -70,7 +70,8 @@ def _flatten_value(value: Any, key: str, out: list, seen: set) -> None:
     out.append((key, value))
 
 
-def _flatten_map(branch: Iterable, prefix: str, out: list, seen: set) -> None:
+def _flatten_map(branch: Iterable[tuple[Any, Any]], prefix: str, out: list[tuple[str, Any]],
+                 seen: set[str]) -> None:
     for k, v in branch:
         if isinstance(k, Comment):
             continue
@@ -194,7 +195,7 @@ class _Node:
         self.indices: dict[int, _Node] = {}
 
 
-def _place(value: Any, path: list, root: _Node) -> None:
+def _place(value: Any, path: list[_Map | _List], root: _Node) -> None:
     for tok in path:
         if isinstance(tok, _Map):
             root = root.subkeys.setdefault(tok.key, _Node())

@@ -32,7 +32,7 @@ _ESC = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "
         "<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
-def _esc(m: re.Match) -> str:
+def _esc(m: re.Match[str]) -> str:
     c = m.group(0)
     r = _ESC.get(c)
     if r is not None:
@@ -152,15 +152,16 @@ def _load(data: bytes) -> Branch:
         except json.JSONDecodeError as e:
             raise JSONError(_go_json_message(e, text)) from None
         raise JSONError(f"Expected JSON object start, got {_go_repr(v)} instead")
+    doc: Branch  # the text starts with "{": object_pairs_hook makes it a Branch
     try:
-        v, _ = _DECODER.raw_decode(text, i)
+        doc, _ = _DECODER.raw_decode(text, i)
     except json.JSONDecodeError as e:
         raise JSONError(_go_json_message(e, text)) from None
     except RecursionError:
         raise JSONError("exceeded max depth") from None
-    if max_depth(v, MAX_DEPTH) > MAX_DEPTH:
+    if max_depth(doc, MAX_DEPTH) > MAX_DEPTH:
         raise JSONError(f"nesting deeper than {MAX_DEPTH} levels")
-    return v
+    return doc
 
 
 def _go_repr(v: Any) -> str:
@@ -184,6 +185,8 @@ def load_plain(data: bytes) -> list[Branch]:
 
 
 def load_encrypted(data: bytes) -> tuple[list[Branch], Any]:
+    if not data.strip(b" \t\r\n"):  # sops reads the metadata with json.Unmarshal first
+        raise JSONError("unexpected end of JSON input")
     br = _load(data)
     meta = None
     found = False

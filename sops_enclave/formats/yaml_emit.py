@@ -38,7 +38,14 @@ def _is_printable(c: str) -> bool:
 
 
 class _Analysis:
+    """Which scalar styles a string allows (go-yaml's analyzeScalar)."""
+
     __slots__ = ("multiline", "flow_plain", "block_plain", "single", "block")
+    multiline: bool
+    flow_plain: bool
+    block_plain: bool
+    single: bool
+    block: bool
 
 
 def _const_analysis(multiline: bool, flow_plain: bool, block_plain: bool, single: bool,

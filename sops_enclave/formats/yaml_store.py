@@ -14,6 +14,7 @@ import base64
 import binascii
 import copy
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import yaml as _pyyaml
@@ -108,7 +109,8 @@ class _Frame:
         self.key_line = -1
         self.key_index = 0
         self.start_line = line
-        self.seen: set | None = None
+        self.start_nodes = 0
+        self.seen: set[tuple[type, Any]] | None = None
 
 
 class _Builder:
@@ -189,7 +191,7 @@ class _Builder:
         self.pending = keep
 
     # -- events
-    def build(self, events) -> list[Branch]:
+    def build(self, events: Iterable[_pyyaml.Event]) -> list[Branch]:
         docs: list[Branch] = []
         stack: list[_Frame] = []
         root: Any = None

@@ -137,7 +137,7 @@ def _strings(v: Any, where: str) -> tuple[str, ...]:
     return tuple(v)
 
 
-def _section(doc: dict, name: str, allowed: set[str]) -> dict:
+def _section(doc: dict[Any, Any], name: str, allowed: set[str]) -> dict[Any, Any]:
     v = doc.get(name) or {}
     if not isinstance(v, dict):
         raise EnclavePolicyError(f"{name}: must be a mapping")

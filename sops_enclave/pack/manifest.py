@@ -242,7 +242,8 @@ def _format_extract(path: Sequence[str | int]) -> str:
 
 # ----------------------------------------------------------------------------- YAML
 
-class _Loader(yaml.SafeLoader):
+# PyYAML has no type stubs here (SafeLoader is Any): subclassing it is intended.
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that refuses duplicate keys, and bounds aliases and nesting."""
 
     def __init__(self, stream: Any) -> None:
@@ -270,7 +271,7 @@ class _Loader(yaml.SafeLoader):
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
-            seen: set = set()
+            seen: set[Any] = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue  # `<<` merges fill in keys; explicit keys may override them
@@ -409,7 +410,7 @@ class _Checker:
     # -- shapes
 
     def mapping(self, v: Any, where: str, allowed: Sequence[str], required: Sequence[str] = ()
-            ) -> dict:
+            ) -> dict[str, Any]:
         if not isinstance(v, dict):
             raise self.fail(where, f"expected a map, got {_type_name(v)}")
         for k in v:
@@ -423,7 +424,7 @@ class _Checker:
                 raise self.fail(where, f"missing key {k!r}")
         return v
 
-    def seq(self, v: Any, where: str, *, non_empty: bool = False) -> list:
+    def seq(self, v: Any, where: str, *, non_empty: bool = False) -> list[Any]:
         if not isinstance(v, list):
             raise self.fail(where, f"expected a list, got {_type_name(v)}")
         if non_empty and not v:

@@ -71,7 +71,8 @@ def parse_time(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-class _StrictLoader(yaml.SafeLoader):
+# PyYAML has no type stubs here (SafeLoader is Any): subclassing it is intended.
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that refuses duplicate mapping keys."""
 
 
@@ -84,7 +85,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    mapping: dict[Any, Any] = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    return mapping
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,

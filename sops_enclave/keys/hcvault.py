@@ -64,11 +64,14 @@ class _GoError(Exception):
 def parse_uri(uri: str) -> tuple[str, str, str]:
     """``(vault_address, engine_path, key_name)`` of a key URI, or :class:`SopsError` with
     sops' text (``NewMasterKeyFromURI``)."""
+    m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri)
+    if not m and ":" in uri.split("/", 1)[0]:  # Go's url.Parse: no scheme, then this
+        raise SopsError(f'parse "{uri}": first path segment in URL cannot contain colon')
     try:
         u = urllib.parse.urlsplit(uri)
     except ValueError as e:
         raise SopsError(f'parse "{uri}": {e}') from None
-    if not u.scheme:
+    if not m or not u.scheme:
         raise SopsError("missing scheme in Vault URL (should be like this: +https://vault."
                         f"example.com:8200/v1/transit/keys/keyName), got: {uri}")
     request_uri = (u.path or "/") + (f"?{u.query}" if u.query else "")

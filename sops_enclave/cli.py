@@ -21,7 +21,9 @@ __all__ = ["main"]
 
 _BOOL_FLAGS = {"ignore-mac", "in-place", "enable-local-keyservice", "mac-only-encrypted",
                "verbose", "decrypt", "encrypt", "rotate", "disable-version-check",
-               "check-for-updates", "version", "show-master-keys"}
+               "check-for-updates", "version", "show-master-keys", "yes", "recursive",
+               "omit-extensions", "idempotent", "value-file", "value-stdin", "pristine",
+               "same-process", "no-fifo", "background"}
 
 
 class _UsageError(SopsError):
@@ -34,11 +36,62 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*a, **kw)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments: -"):
+            # urfave/cli's parse error, reported through sops' logger (exit 1)
+            from sops_enclave.errors import LoggedFatal
+
+            name = message.split()[2].lstrip("-").partition("=")[0]
+            raise LoggedFatal(f"flag provided but not defined: -{name}")
         raise _UsageError(f"Incorrect Usage: {message}\n(see '{self.prog} --help')")
 
 
 def _warn(msg: str) -> None:
-    print(f"[sops-enclave] warning: {msg}", file=sys.stderr)
+    """A warning on sops' ``CMD`` logger line."""
+    from sops_enclave.errors import logrus_line
+
+    print(logrus_line("CMD", "warning", msg), file=sys.stderr)
+
+
+def _go_flags(argv: list[str], parser: argparse.ArgumentParser, *,
+              stop_at_positional: bool) -> list[str]:
+    """Go's flag syntax, as sops parses it: ``-name`` and ``--name`` alike for every name
+    (``-decrypt``, ``--d``, ``-ignore-mac``), ``-name=value``, and the argument after a
+    flag that takes a value is that value even when it starts with ``-``. Known names are
+    rewritten to the parser's long option (values joined with ``=``); unknown ones are left
+    for argparse to refuse. The global flags end at the first positional argument."""
+    names: dict[str, tuple[str, bool]] = {}
+    for act in parser._actions:
+        if not act.option_strings:
+            continue
+        canon = next((o for o in act.option_strings if o.startswith("--")),
+                     act.option_strings[0])
+        for o in act.option_strings:
+            names[o.lstrip("-")] = (canon, act.nargs != 0)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return out + argv[i:]
+        if not a.startswith("-") or a == "-":
+            if stop_at_positional:
+                return out + argv[i:]
+            out.append(a)
+            i += 1
+            continue
+        name, eq, value = a.lstrip("-").partition("=")
+        if name not in names or a.startswith("---"):
+            out.append(a)
+            i += 1
+            continue
+        canon, takes_value = names[name]
+        if takes_value and not eq and i + 1 < len(argv):
+            out.append(f"{canon}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(f"{canon}={value}" if eq else canon)
+        i += 1
+    return out
 
 
 def _add_key_flags(p: argparse.ArgumentParser) -> None:
@@ -104,7 +157,8 @@ def _global_parser() -> _Parser:
                 description="A drop-in for sops (decrypt, encrypt, ...) with enclave-backed "
                 "packing and verifiable receipts. Legacy form: sops-enclave [-d|-e] FILE.",
                 epilog="Commands: decrypt, encrypt, rotate, edit, set, unset, filestatus, groups, "
-                "updatekeys, exec-env, exec-file, keyservice, exec, dev, attestation, verify, audit, "
+                "updatekeys, exec-env, exec-file, keyservice, publish, completion, exec, dev, "
+                "attestation, verify, audit, "
                 "measure, policy. "
                 "Run 'sops-enclave COMMAND --help' for a command's flags.")
     p.add_argument("-d", "--decrypt", action="store_true", help="decrypt FILE to stdout")
@@ -113,13 +167,18 @@ def _global_parser() -> _Parser:
     for kind in ("kms", "pgp", "gcp-kms", "hckms", "azure-kv", "hc-vault-transit", "age"):
         p.add_argument(f"--add-{kind}", help=argparse.SUPPRESS)
         p.add_argument(f"--rm-{kind}", help=argparse.SUPPRESS)
+    p.add_argument("--set", metavar="'PATH VALUE'", help="legacy form of set: "
+                   "--set '[\"key\"][0] JSON-VALUE' FILE (split at the first '] ')")
+    p.add_argument("-s", "--show-master-keys", action="store_true",
+                   help="edit: show the sops metadata in the editor")
     _add_io_flags(p, decrypt=True)
     _add_key_flags(p)
     _add_rule_flags(p, comments=True)
     p.add_argument("--config", help="path to .sops.yaml [$SOPS_CONFIG]")
     p.add_argument("--indent", type=int, help="indentation of YAML/JSON output (legacy form)")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
-    p.add_argument("--version", action="store_true", help="print the version")
+    p.add_argument("-v", "--version", action="store_true", help="print the version (first "
+                   "line as sops': 'sops 3.11.0 ...')")
     p.add_argument("--disable-version-check", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--check-for-updates", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("file", nargs="?", help="the file to work on")
@@ -217,8 +276,12 @@ class _Ctx:
         try:
             with open(cfg_path, "rb") as f:
                 data = f.read()
-        except OSError as e:
-            raise SopsError(f"error loading config: {cfg_path}: {e.strerror}") from None
+        except OSError as e:  # Go's os.ReadFile error, as sops wraps it
+            from sops_enclave.errors import go_errno_text
+
+            op = "read" if isinstance(e, IsADirectoryError) else "open"
+            raise SopsError(f"could not read config file: {op} {cfg_path}: "
+                            f"{go_errno_text(e)}") from None
         return cfgmod.load_config(data, cfg_path), cfg_path
 
     def store_config(self, cfg) -> Any:
@@ -354,6 +417,8 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
                                     "unencrypted_suffix, encrypted_regex, unencrypted_regex, "
                                     "encrypted_comment_regex, or unencrypted_comment_regex")
     if any_keys:
+        for r in (flags.get("age") or "").split(",") if flags.get("age") else ():
+            cfgmod.validate_age_recipient(r)  # sops parses them with the flags
         groups = [registry.entries_from_flags(flags, KeyContext(env), kms_context=context,
                                               aws_profile=ctx.get("aws_profile") or "")]
     elif rule is not None:
@@ -410,6 +475,10 @@ _OTHER_COMMANDS = ("rotate", "set", "unset", "filestatus", "edit", "exec-env", "
                    "groups", "updatekeys", "exec", "dev")
 
 
+#: Subcommands in their own module (``parser(cls)`` and ``handle(ctx)``), imported when used.
+_MODULE_COMMANDS = {"publish": "sops_enclave.publish", "completion": "sops_enclave.completion"}
+
+
 def _extra_commands() -> dict[str, str]:
     """Commands that live in other modules: name -> "module:register" hook."""
     return {"attestation": "sops_enclave.receipt.cli:register",
@@ -453,32 +522,62 @@ def _subcommand_index(argv: list[str], parser: argparse.ArgumentParser,
     return -1
 
 
+def _version_line() -> str:
+    """``sops --version``'s first line (``sops 3.11.0``: tools parse it), then who we are.
+    No update check is made: sops-enclave never contacts GitHub."""
+    from sops_enclave import SOPS_FORMAT_VERSION
+
+    return f"sops {SOPS_FORMAT_VERSION} (sops-enclave {__version__})"
+
+
 def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
-    argv, bool_overrides = _preprocess_bools(argv)
     gp = _global_parser()
-    names = ["decrypt", "encrypt", *_OTHER_COMMANDS]
+    argv = _go_flags(argv, gp, stop_at_positional=True)
+    names = ["decrypt", "encrypt", *_OTHER_COMMANDS, *_MODULE_COMMANDS]
     idx = _subcommand_index(argv, gp, names + list(_extra_commands()) + ["help"])
-    if idx >= 0:
-        parsers: dict[str, Callable] = {"decrypt": lambda cls: _decrypt_parser(),
-                                        "encrypt": lambda cls: _encrypt_parser()}
-        handlers: dict[str, Callable] = {"decrypt": lambda c: _do_decrypt(c, c.args.file),
-                                         "encrypt": lambda c: _do_encrypt(c, c.args.file)}
+    parsers: dict[str, Callable] = {"decrypt": lambda cls: _decrypt_parser(),
+                                    "encrypt": lambda cls: _encrypt_parser()}
+    handlers: dict[str, Callable] = {"decrypt": lambda c: _do_decrypt(c, c.args.file),
+                                     "encrypt": lambda c: _do_encrypt(c, c.args.file)}
+    sub_parser = None
+    if idx >= 0 and argv[idx] in names:
         if argv[idx] in _OTHER_COMMANDS:
             from sops_enclave import commands as cmds
 
             parsers.update(cmds.PARSERS)
             handlers.update(cmds.HANDLERS)
+        elif argv[idx] in _MODULE_COMMANDS:
+            import importlib
+
+            mod = importlib.import_module(_MODULE_COMMANDS[argv[idx]])
+            parsers[argv[idx]], handlers[argv[idx]] = mod.parser, mod.handle
+        sub_parser = parsers[argv[idx]](_Parser)
+        argv = argv[:idx + 1] + _go_flags(argv[idx + 1:], sub_parser, stop_at_positional=False)
+    if idx >= 0:  # each part on its own: a dropped --flag=false must not move the command
+        head, head_bools = _preprocess_bools(argv[:idx])
+        tail, bool_overrides = _preprocess_bools(argv[idx + 1:])
+        argv, idx = head + [argv[idx]] + tail, len(head)
+    else:
+        argv, bool_overrides = _preprocess_bools(argv)
+    if idx >= 0:
         name = argv[idx]
         global_args = gp.parse_args(argv[:idx])
+        for k, v in head_bools.items():
+            setattr(global_args, k, v)
+        if global_args.version:
+            print(_version_line())
+            return 0
         if name == "help":
             gp.print_help()
             return 0
         if name in _extra_commands():
             return _run_extra(name, argv[idx:])
-        args = parsers[name](_Parser).parse_args(argv[idx + 1:])
+        assert sub_parser is not None
+        args = sub_parser.parse_args(argv[idx + 1:])
         for k, v in bool_overrides.items():
             setattr(args, k, v)
         args.config = global_args.config
+        args.global_args = global_args  # what sops reads from the global flags (c.GlobalX)
         args.mode = name
         args.legacy_indent = None  # sops 3.11 ignores a global --indent before a subcommand
         for n in ("mac_only_encrypted", "unencrypted_comment_regex", "encrypted_comment_regex"):
@@ -501,37 +600,78 @@ def _run(argv: list[str], env: dict[str, str], cwd: str) -> int:
     args = gp.parse_args(argv[:first_pos + 1] if first_pos >= 0 else argv)
     for k, v in bool_overrides.items():
         setattr(args, k, v)
+    if args.version:
+        print(_version_line())
+        return 0
+    return _run_legacy(args, extra, env, cwd)
+
+
+_ADD_RM_FLAGS = tuple(f"{op}_{kind}" for op in ("add", "rm")
+                      for kind in ("kms", "pgp", "gcp_kms", "hckms", "azure_kv",
+                                   "hc_vault_transit", "age"))
+
+
+def _run_legacy(args: argparse.Namespace, extra: list[str], env: dict[str, str],
+                cwd: str) -> int:
+    """sops' main action (``sops [-d|-e|-r|--set ...] FILE``), in the order sops checks."""
+    from sops_enclave.errors import NoFileSpecified
+    from sops_enclave.goformat import go_quote
+
+    if args.file is None:
+        raise NoFileSpecified("Error: no file specified")
     if extra:
         _warn("More than one positional argument provided. Only the first one will be used!")
         flagish = [e for e in extra if e.startswith("-")]
         if flagish:
-            _warn(f'Note that one of the ignored positional argument is "{flagish[0]}", which '
-                  "looks like a flag. Flags must always be provided before the first positional "
-                  "argument!")
-    if args.version:
-        print(f"sops-enclave {__version__} (sops {__import__('sops_enclave').SOPS_FORMAT_VERSION} "
-              "compatible)")
-        return 0
+            _warn(f"Note that one of the ignored positional argument is {go_quote(flagish[-1])}"
+                  ", which looks like a flag. Flags must always be provided before the first "
+                  "positional argument!")
+    if args.in_place and args.output:
+        raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
+    path = _abs(args.file, cwd)
+    modes = [m for m in ("encrypt", "decrypt", "rotate") if getattr(args, m)]
+    if args.set:
+        modes.append("set")
+    if not os.path.exists(path):
+        if any(getattr(args, f) for f in _ADD_RM_FLAGS):
+            raise SopsError(f"Error: cannot add or remove keys on non-existent file "
+                            f"{go_quote(path)}, use `--kms` and `--pgp` instead.", exit_code=49)
+        if set(modes) & {"encrypt", "decrypt", "rotate"}:
+            raise NoFileSpecified(f"Error: cannot operate on non-existent file {go_quote(path)}")
+    if len(modes) > 1:
+        _warn("More than one command (--encrypt, --decrypt, --rotate, --set) has been specified. "
+              "Only the changes made by the last one will be visible. Note that this behavior "
+              "is deprecated and will cause an error eventually.")
     args.legacy_indent = args.indent
+    args.global_args = args
     ctx = _Ctx(args, env, cwd)
-    if args.file is None:
-        gp.print_help()
-        return 0
-    if args.decrypt:
-        args.mode = "decrypt"
+    mode = modes[-1] if modes else "edit"
+    args.mode = mode
+    if mode in ("encrypt", "rotate", "set", "edit"):
+        # sops loads the creation rule first for these (a broken or unmatched config fails)
+        name = _abs(args.filename_override, cwd) if args.filename_override else path
+        cfg, _ = ctx.config(name)
+        if cfg is not None:
+            from sops_enclave import config as cfgmod
+
+            context = cfgmod.parse_encryption_context(args.encryption_context) \
+                if args.encryption_context else None
+            cfg.creation_rule_for(name, kms_context=context)
+    if "encrypt" in modes and mode != "encrypt":  # sops still reads the encryption config
+        from sops_enclave.formats import resolve_format
+
+        name = _abs(args.filename_override, cwd) if args.filename_override else path
+        _encrypt_options(ctx, name, binary=resolve_format(args.input_type, name) == "binary")
+    if mode == "decrypt":
         return _do_decrypt(ctx, args.file)
-    if args.encrypt:
-        args.mode = "encrypt"
-        if not os.path.exists(_abs(args.file, cwd)):
-            from sops_enclave.errors import NoFileSpecified
-            raise NoFileSpecified(f'Error: cannot operate on non-existent file "{_abs(args.file, cwd)}"')
+    if mode == "encrypt":
         return _do_encrypt(ctx, args.file, legacy=True)
     from sops_enclave import commands as cmds
 
-    if args.rotate:
-        args.mode = "rotate"
+    if mode == "rotate":
         return cmds.do_rotate(ctx)
-    args.mode = "edit"
+    if mode == "set":
+        return cmds.do_legacy_set(ctx, args.set)
     return cmds.do_edit(ctx)
 
 

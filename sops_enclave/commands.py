@@ -25,14 +25,17 @@ from sops_enclave.tree import Branch, Comment
 __all__ = ["PARSERS", "HANDLERS"]
 
 
-def _common(p: argparse.ArgumentParser, *, io: bool = True, types: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, *, io: bool = True, types: bool = True,
+            ignore_mac: bool = True) -> None:
     if io:
         p.add_argument("-i", "--in-place", action="store_true", help="write the result to the file")
         p.add_argument("--output", help="write the result to this file (atomically)")
     if types:
         p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary")
         p.add_argument("--output-type", help="yaml, json, dotenv, ini or binary")
-    p.add_argument("--ignore-mac", action="store_true", help="skip the MAC check (dangerous)")
+    if ignore_mac:  # sops' rotate, exec-env and exec-file refuse --ignore-mac
+        p.add_argument("--ignore-mac", action="store_true", help="skip the MAC check "
+                       "(dangerous)")
     p.add_argument("--decryption-order", help="key types to try first, default age,pgp")
     p.add_argument("--keyservice", action="append", default=[], help="also use this key "
                    "service (tcp://host:port or unix:///path)")
@@ -53,7 +56,7 @@ _KEY_FLAG_KINDS = ("kms", "pgp", "gcp-kms", "hckms", "azure-kv", "hc-vault-trans
 def rotate_parser(cls):
     p = _parser(cls, "rotate", "Re-encrypt FILE with a fresh data key (same master keys, plus "
                 "--add-*, minus --rm-*). Prints the result unless -i/--output.")
-    _common(p)
+    _common(p, ignore_mac=False)
     for kind in _KEY_FLAG_KINDS:
         p.add_argument(f"--add-{kind}", help=f"add these {kind} keys to key group 0 (comma-separated)")
         p.add_argument(f"--rm-{kind}", help=f"remove these {kind} keys from every group")
@@ -97,6 +100,10 @@ def edit_parser(cls):
                 "ciphertext. Exit 200 when nothing changed.")
     _common(p, io=False)
     p.add_argument("-s", "--show-master-keys", action="store_true", help=argparse.SUPPRESS)
+    from sops_enclave.cli import _add_key_flags, _add_rule_flags
+
+    _add_key_flags(p)  # for a new file, as encrypt
+    _add_rule_flags(p, comments=False)
     p.add_argument("file")
     return p
 
@@ -104,7 +111,7 @@ def edit_parser(cls):
 def exec_env_parser(cls):
     p = _parser(cls, "exec-env", "Run COMMAND (through /bin/sh -c) with the top-level values "
                 "of FILE in its environment; exits with the command's status.")
-    _common(p, io=False, types=False)
+    _common(p, io=False, types=False, ignore_mac=False)
     p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary (sops-enclave "
                    "extension; sops takes the format from the extension only)")
     p.add_argument("--pristine", action="store_true", help="only the secrets, not this "
@@ -122,7 +129,7 @@ def exec_file_parser(cls):
     p = _parser(cls, "exec-file", "Run COMMAND with {} replaced by the path of a FIFO (or, with "
                 "--no-fifo, a 0600 file) holding the decrypted FILE; the file is removed "
                 "afterwards.")
-    _common(p, io=False)
+    _common(p, io=False, ignore_mac=False)
     p.add_argument("--no-fifo", action="store_true", help="use a regular 0600 file")
     p.add_argument("--filename", help="name of the file inside the private temporary directory")
     p.add_argument("--user", help="run as this user (root only)")
@@ -313,51 +320,120 @@ def _editor(env: dict) -> list[str]:
     raise NoEditorFound("Could not run editor: no editor found (set SOPS_EDITOR or EDITOR)")
 
 
+_WELCOME = "Welcome to SOPS! Edit this file as you please!"
+
+
+def example_branches(fmt: str) -> list[Branch]:
+    """The document sops opens for a file that does not exist yet (its ``EmitExample``): a
+    nested one for INI, a flat one for dotenv, the raw welcome text for binary, else one with
+    a comment, a list, a number and booleans."""
+    if fmt == "binary":
+        return [Branch([("data", _WELCOME)])]
+    if fmt == "ini":
+        return [Branch([("Welcome!", Branch([(Comment(" This is an example file."), None),
+                                             ("hello", _WELCOME),
+                                             ("example_key", "example_value")]))])]
+    if fmt == "dotenv":
+        return [Branch([(Comment(" This is an example file."), None), ("hello", _WELCOME),
+                        ("example_key", "example_value"),
+                        ("example_multiline", "foo\nbar\nbaz")])]
+    return [Branch([("hello", _WELCOME), ("example_key", "example_value"),
+                    (Comment(" Example comment"), None),
+                    ("example_array", ["example_value1", "example_value2"]),
+                    ("example_number", 1234.56789), ("example_booleans", [True, False])])]
+
+
+def _edit_until_ok(ctx, path: str, plain: bytes, load_fmt: str) -> list[Branch]:
+    """Write ``plain`` to a 0600 file in a private directory, run the editor until what was
+    saved parses; the new branches. Exit 200 when nothing changed."""
+    editor = _editor(ctx.env)
+    tmpdir = tempfile.mkdtemp(prefix="sops-enclave-edit-")
+    tmp = os.path.join(tmpdir, os.path.basename(path))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(plain)
+        before = hashlib.sha256(plain).digest()
+        while True:
+            try:
+                rc = subprocess.run(editor + [tmp], env=ctx.env).returncode
+            except OSError as e:
+                raise NoEditorFound(f"Could not run editor: {e.strerror}") from None
+            if rc != 0:
+                raise NoEditorFound(f"Could not run editor: exit status {rc}")
+            with open(tmp, "rb") as f:
+                edited = f.read()
+            if hashlib.sha256(edited).digest() == before:
+                raise FileHasNotBeenModified("File has not changed, exiting.")
+            try:
+                from sops_enclave.formats import get_store
+                return get_store(load_fmt).load_plain(edited)
+            except (ValueError, SopsError) as e:
+                if not sys.stdin.isatty():
+                    raise SopsError(f"Could not load tree, probably due to invalid syntax: "
+                                    f"{e}") from None
+                print(f"Could not load tree, probably due to invalid syntax: {e}\nPress "
+                      "a key to return to the editor, or Ctrl+C to exit.", file=sys.stderr)
+                sys.stdin.readline()
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _edit_new(ctx, path: str) -> int:
+    """sops' ``editExample``: the keys come from the flags or the creation rule and wrap a new
+    data key *before* the editor opens (a key error loses no typing); the example document
+    is written in the output format; the file is created encrypted."""
+    from sops_enclave import SOPS_FORMAT_VERSION, api
+    from sops_enclave.cli import _encrypt_options
+    from sops_enclave.fileio import write_atomic
+    from sops_enclave.formats import get_store
+    from sops_enclave.keys.groups import protect_data_key
+    from sops_enclave.metadata import Metadata
+
+    name = ctx.abs(ctx.get("filename_override")) if ctx.get("filename_override") else path
+    in_fmt = _fmt(ctx, name, "input_type")
+    out_fmt = _fmt(ctx, name, "output_type")
+    opts, cfg = _encrypt_options(ctx, name, binary=(in_fmt == "binary"))
+    sc = ctx.store_config(cfg)
+    example = api.emit_plain(example_branches(in_fmt), in_fmt, sc)
+    if in_fmt == "binary":
+        example = _WELCOME.encode()
+    branches = get_store(in_fmt).load_plain(example)
+    md = Metadata(key_groups=[list(g) for g in opts.key_groups], version=SOPS_FORMAT_VERSION,
+                  shamir_threshold=opts.shamir_threshold, crypt_rule=opts.crypt_rule,
+                  mac_only_encrypted=opts.mac_only_encrypted and out_fmt != "binary")
+    data_key = os.urandom(32)
+    try:
+        protect_data_key(md, data_key, ctx.services())
+    except SopsError as e:
+        msg = e.message.replace("Could not generate data key: ", "", 1)
+        raise SopsError("Error encrypting the data key with one or more master keys: " + msg,
+                        exit_code=128) from None
+    plain = api.emit_plain(branches, out_fmt, sc)
+    edited = _edit_until_ok(ctx, path, plain, in_fmt)
+    enc = api.encrypt_branches(edited, md, data_key)
+    write_atomic(path, api.emit_encrypted(enc, md, out_fmt, sc))
+    return 0
+
+
 def do_edit(ctx) -> int:
     from sops_enclave import api
     from sops_enclave.fileio import write_atomic
 
+    if ctx.get("in_place") and ctx.get("output"):
+        raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
+    path = ctx.abs(ctx.get("file"))
+    if not os.path.exists(path):
+        return _edit_new(ctx, path)
     data, path = _input(ctx)
     in_fmt = _fmt(ctx, path, "input_type")
     out_fmt = _fmt(ctx, path, "output_type")
     sc = ctx.store_config(ctx.config(path)[0])
-    editor = _editor(ctx.env)
+    _editor(ctx.env)  # no editor: fail before decrypting
 
     def change(branches: list[Branch]) -> bool:
-        plain = api.emit_plain(branches, out_fmt, sc)
-        tmpdir = tempfile.mkdtemp(prefix="sops-enclave-edit-")
-        tmp = os.path.join(tmpdir, os.path.basename(path))
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(plain)
-            before = hashlib.sha256(plain).digest()
-            while True:
-                try:
-                    rc = subprocess.run(editor + [tmp], env=ctx.env).returncode
-                except OSError as e:
-                    raise NoEditorFound(f"Could not run editor: {e.strerror}") from None
-                if rc != 0:
-                    raise NoEditorFound(f"Could not run editor: exit status {rc}")
-                with open(tmp, "rb") as f:
-                    edited = f.read()
-                if hashlib.sha256(edited).digest() == before:
-                    raise FileHasNotBeenModified("File has not changed, exiting.")
-                try:
-                    from sops_enclave.formats import get_store
-                    new = get_store(out_fmt).load_plain(edited)
-                    break
-                except (ValueError, SopsError) as e:
-                    if not sys.stdin.isatty():
-                        raise SopsError(f"Could not load tree, probably due to invalid syntax: "
-                                        f"{e}") from None
-                    print(f"Could not load tree, probably due to invalid syntax: {e}\nPress "
-                          "a key to return to the editor, or Ctrl+C to exit.", file=sys.stderr)
-                    sys.stdin.readline()
-            branches[:] = new
-            return True
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        branches[:] = _edit_until_ok(ctx, path, api.emit_plain(branches, out_fmt, sc), out_fmt)
+        return True
 
     out = api.modify_document(data, in_fmt, change, out_fmt=in_fmt, services=ctx.services(),
                               ignore_mac=bool(ctx.get("ignore_mac")),
@@ -365,6 +441,33 @@ def do_edit(ctx) -> int:
     if out is not None:
         write_atomic(path, out)
     return 0
+
+
+def do_legacy_set(ctx, raw: str) -> int:
+    """``sops --set 'PATH VALUE' FILE`` (the form before ``set``): split after the first
+    ``"] "``; the value is read before the path; the file is always written in place."""
+    from sops_enclave import api
+    from sops_enclave.errors import CouldNotReadInputFile, InvalidTreePathFormat
+
+    head, sep, text = raw.partition("] ")
+    if not sep:
+        raise InvalidSetFormat("Invalid --set format")
+    value = _json_value(text)
+    try:
+        tree_path = api.parse_tree_path((head + "]").rstrip(" "))
+    except InvalidTreePathFormat:
+        raise InvalidSetFormat("Invalid --set format") from None
+    path = ctx.abs(ctx.get("file"))
+    if not os.path.exists(path):
+        raise CouldNotReadInputFile(f"Error reading file: open {path}: no such file or "
+                                    "directory")
+    data, path = _input(ctx)
+
+    def change(branches: list[Branch]) -> bool:
+        api.set_value(branches[0], tree_path, value)
+        return True
+
+    return _modify_in_place(ctx, data, path, change)
 
 
 _SIGNAL_TEXT = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated", signal.SIGINT: "interrupt",
@@ -586,67 +689,177 @@ def do_groups(ctx) -> int:
 
 def updatekeys_parser(cls):
     p = _parser(cls, "updatekeys", "Re-wrap the data key of each FILE for the key groups of its "
-                ".sops.yaml creation rule (values and MAC unchanged).")
+                ".sops.yaml creation rule (values and MAC unchanged). The changes are listed "
+                "on stdout as sops lists them; confirm with y (or pass -y).")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary")
-    p.add_argument("--shamir-secret-sharing-threshold", type=int, help=argparse.SUPPRESS)
     p.add_argument("--keyservice", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--enable-local-keyservice", action="store_true", default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--decryption-order", help="key types to try first")
     p.add_argument("--verbose", action="store_true")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="*")
     return p
 
 
-def _describe(groups) -> list[str]:
-    return [f"group {i}: " + ", ".join(f"{e.type} {e.ident()}" for e in g) for i, g in enumerate(groups)]
+def key_string(e) -> str:
+    """sops' ``MasterKey.ToString()``, which its key-group diffs compare and print."""
+    from sops_enclave.metadata import KMSEntry
+
+    if isinstance(e, KMSEntry) and e.aws_profile:
+        arn = e.arn + (f"+{e.role}" if e.role else "")
+        ctx = ",".join(f"{k}:{v}" for k, v in sorted(e.context))
+        return f"{arn}|{ctx}|{e.aws_profile}"
+    return e.ident()
+
+
+def _color(code: str, text: str) -> str:
+    """fatih/color as sops uses it: escapes only on a terminal, and not with NO_COLOR."""
+    if os.environ.get("NO_COLOR") is not None or os.environ.get("TERM") == "dumb" \
+            or not sys.stdout.isatty():
+        return text
+    return f"\x1b[{code}m{text}\x1b[0m"
+
+
+def print_group_diffs(ours: list, theirs: list) -> tuple[bool, str]:
+    """``common.DiffKeyGroups`` + ``PrettyPrintDiffs`` on stdout (``Group 1``, four spaces
+    for a kept key, ``+++``/``---``); whether any key is added or removed."""
+    changed = False
+    lines = []
+    for i in range(max(len(ours), len(theirs))):
+        a = ours[i] if i < len(ours) else []
+        b = theirs[i] if i < len(theirs) else []
+        mine = {key_string(k) for k in a}
+        other = {key_string(k) for k in b}
+        common = [k for k in b if key_string(k) in mine]
+        added = [k for k in b if key_string(k) not in mine]
+        removed = [k for k in a if key_string(k) not in other]
+        changed = changed or bool(added or removed)
+        lines.append(_color("4", f"Group {i + 1}") + "\n")
+        lines += [f"    {key_string(k)}\n" for k in common]
+        lines += [_color("32", f"+++ {key_string(k)}") + "\n" for k in added]
+        lines += [_color("31", f"--- {key_string(k)}") + "\n" for k in removed]
+    return changed, "".join(lines)
+
+
+def go_log(msg: str) -> None:
+    """Go's standard logger (``log.Printf``): local date and time, then the message."""
+    import time
+
+    sys.stdout.flush()
+    sys.stderr.write(time.strftime("%Y/%m/%d %H:%M:%S ") + msg + "\n")
+    sys.stderr.flush()
+
+
+def scanln() -> str:
+    """``fmt.Scanln(&response)``: one word on a line; its errors as Go words them."""
+    line = sys.stdin.readline()
+    if line == "":
+        raise SopsError("EOF")
+    words = line.split()
+    if not words:
+        raise SopsError("unexpected newline")
+    if len(words) > 1:
+        raise SopsError("expected newline")
+    return words[0]
+
+
+def _updatekeys_file(ctx, given: str, config_path: str, threshold_flag: int) -> None:
+    from sops_enclave import api
+    from sops_enclave import config as cfgmod
+    from sops_enclave.cli import _entry_from_spec
+    from sops_enclave.errors import CouldNotRetrieveKey, go_errno_text
+    from sops_enclave.fileio import read_input, write_atomic
+    from sops_enclave.formats import resolve_format
+    from sops_enclave.keys.groups import get_data_key
+
+    path = ctx.abs(given)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SopsError(f"stat {path}: {go_errno_text(e)}") from None
+    if os.path.isdir(path) and st:
+        raise SopsError("can't operate on a directory")
+    try:
+        with open(config_path, "rb") as f:
+            cfg = cfgmod.load_config(f.read(), config_path)
+    except OSError as e:
+        raise SopsError(f"could not read config file: open {config_path}: "
+                        f"{go_errno_text(e)}") from None
+    fmt = resolve_format(ctx.get("input_type"), path)
+    go_log(f"Syncing keys for file {path}")
+    data = read_input(path)
+    _, md = api.load_encrypted(data, fmt)
+    rule = cfg.creation_rule_for(path)
+    if rule is None:
+        raise SopsError(f"The config file {config_path} does not contain any creation rule")
+    groups = [[_entry_from_spec(s, ctx.env) for s in g] for g in rule.key_groups]
+    keys_change, listing = print_group_diffs(md.key_groups, groups)
+    old_t = md.shamir_threshold
+    new_t = min(threshold_flag or old_t, len(groups))
+    if not keys_change and old_t == new_t:
+        go_log(f"File {path} already up to date")
+        return
+    out = ["The following changes will be made to the file's groups:\n"]
+    if old_t > 0 and old_t == new_t:
+        out.append(f"shamir_threshold: {new_t}\n")
+    else:
+        if new_t > 0:
+            out.append(_color("32", f"+++ shamir_threshold: {new_t}") + "\n")
+        if old_t > 0:
+            out.append(_color("31", f"--- shamir_threshold: {old_t}") + "\n")
+    sys.stdout.write("".join(out) + listing)
+    sys.stdout.flush()
+    if not ctx.get("yes"):
+        answer = ""
+        while answer not in ("y", "n"):
+            sys.stdout.write("Is this okay? (y/n):")
+            sys.stdout.flush()
+            answer = scanln()
+        if answer == "n":
+            go_log(f"File {path} left unchanged")
+            return
+    try:
+        get_data_key(md, ctx.services(), ctx.decryption_order())
+    except CouldNotRetrieveKey:
+        raise
+    except SopsError as e:
+        raise CouldNotRetrieveKey(e.message) from None
+    new = api.rekey_document(data, fmt, groups, shamir_threshold=new_t,
+                             services=ctx.services(), decryption_order=ctx.decryption_order(),
+                             cfg=ctx.store_config(cfg))
+    write_atomic(path, new)
+    go_log(f"File {path} synced with new keys")
 
 
 def do_updatekeys(ctx) -> int:
-    from sops_enclave import api
-    from sops_enclave.fileio import read_input, write_atomic
-    from sops_enclave.formats import resolve_format
+    """sops' ``updatekeys``: one file's error is the command's; with several files each
+    error is logged and the count reported at the end."""
+    from sops_enclave import config as cfgmod
+    from sops_enclave.errors import NoFileSpecified, logrus_line
 
+    config_path = ctx.get("config") or ctx.env.get("SOPS_CONFIG")
+    if not config_path:
+        config_path = cfgmod.find_config(ctx.cwd)
+        if not config_path:
+            raise SopsError("config file not found")
+    files = ctx.get("files") or []
+    if not files:
+        raise NoFileSpecified("Error: no file specified")
+    # sops reads c.Int("shamir-secret-sharing-threshold") in a command that defines no such
+    # flag: always 0, so the file's own threshold is kept (capped at the number of groups)
+    threshold = 0
     failed = 0
-    for f in ctx.get("files"):
-        path = ctx.abs(f)
+    for f in files:
         try:
-            data = read_input(path)
-            fmt = resolve_format(ctx.get("input_type"), path)
-            _, md = api.load_encrypted(data, fmt)
-            cfg, _ = ctx.config(path)
-            if cfg is None:
-                raise SopsError("config file not found")
-            rule = cfg.creation_rule_for(path)
-            from sops_enclave.cli import _entry_from_spec
-
-            groups = [[_entry_from_spec(s) for s in g] for g in rule.key_groups]
-            old = {(tuple((e.type, e.ident()) for e in g)) for g in md.key_groups}
-            new = {(tuple((e.type, e.ident()) for e in g)) for g in groups}
-            threshold = rule.shamir_threshold or None
-            if old == new and (threshold is None or threshold == md.shamir_threshold):
-                print(f"File {f} already up to date", file=sys.stderr)
-                continue
-            print("The following changes will be made to the file's groups:\n  was: " +
-                  "\n       ".join(_describe(md.key_groups)) + "\n  now: " +
-                  "\n       ".join(_describe(groups)), file=sys.stderr)
-            if not ctx.get("yes"):
-                sys.stderr.write("Is this okay? (y/n):")
-                sys.stderr.flush()
-                if sys.stdin.readline().strip().lower() != "y":
-                    print("Changes not applied", file=sys.stderr)
-                    continue
-            out = api.rekey_document(data, fmt, groups, shamir_threshold=threshold,
-                                     services=ctx.services(),
-                                     decryption_order=ctx.decryption_order())
-            write_atomic(path, out)
-            print(f"File {f} synced with new keys", file=sys.stderr)
+            _updatekeys_file(ctx, f, config_path, threshold)
         except SopsError as e:
+            if len(files) == 1:
+                raise
             failed += 1
-            print(f"{f}: {e.message}", file=sys.stderr)
+            print(logrus_line("CMD", "error", e.message), file=sys.stderr)
     if failed:
-        raise SopsError(f"updatekeys failed for {failed} file(s)")
+        raise SopsError(f"failed updating {failed} key(s)")
     return 0
 
 
@@ -683,8 +896,11 @@ def exec_parser(cls):
 def _check_dirty(ctx, host, opts, commit: str) -> None:
     """exec packs the commit: refuse (or with --allow-dirty, warn) when the manifest or an
     input of the plan is not the same in the working tree."""
-    paths = [opts.manifest_path] + [i.file for p in host.plan_all_inputs(opts, commit)
-                                    for i in p.inputs]
+    paths = [opts.manifest_path]
+    try:
+        paths += [i.file for p in host.plan_all_inputs(opts, commit) for i in p.inputs]
+    except SopsError:
+        pass  # the commit's manifest is broken or missing: compare the manifest alone
     changes = host.working_tree_changes(opts.repo, commit, paths)
     if not changes:
         return
@@ -719,8 +935,8 @@ def do_exec(ctx) -> int:
                             targets=ctx.get("targets") or (), enclave=ctx.get("enclave"),
                             enclave_policy=policy_file)
     if ctx.get("dry_run"):
-        commit, manifest, plans = host.plan_at_commit(opts)
-        _check_dirty(ctx, host, opts, commit)
+        commit, manifest, plans = host.plan_at_commit(
+            opts, lambda commit: _check_dirty(ctx, host, opts, commit))
         host.check_recipients(opts.manifest_path, plans)
         if policy_file:  # the checks the enclave will make, made early
             from sops_enclave.fileio import read_input
@@ -736,7 +952,7 @@ def do_exec(ctx) -> int:
         print("[sops-enclave] dev enclave (software NSM): receipts verify only with --allow-dev",
               file=sys.stderr)
     summary = host.run_exec(opts, ctx.env,
-                            on_plan=lambda commit: _check_dirty(ctx, host, opts, commit))
+                            check_commit=lambda commit: _check_dirty(ctx, host, opts, commit))
     if opts.enclave == "dev" and not policy_file:
         # After the run, so that an error stays one line.
         print("sops-enclave: warning: no --enclave-policy: this dev run was UNRESTRICTED (any "
@@ -810,10 +1026,10 @@ def do_dev(ctx) -> int:
     if cmd == "down":
         return devstack.down(state, environ=ctx.env)
     if cmd == "env":
-        d = devstack._state(state, ctx.env)
+        d = devstack.resolve_state(state, ctx.env)
         run = devstack.running(d)
         if run is None:
-            raise devstack._not_running(d)
+            raise devstack.not_running_error(d)
         print("\n".join(devstack.env_exports(run, d)))
         return 0
     if cmd == "kms" and ctx.get("kms_cmd") == "create-key":

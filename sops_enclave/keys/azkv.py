@@ -15,8 +15,9 @@ As sops (``azkv/keysource.go``, Go ``azkeys`` at API version 7.6):
   this process's environment by the SDK; ``HTTPS_PROXY``/``NO_PROXY`` and
   ``REQUESTS_CA_BUNDLE`` apply.
 
-Errors carry the service's message behind sops' prefixes; the SDK's own wording of transport
-and credential failures differs from the Go SDK's.
+A service error reads as the Go SDK prints it (method and URL, ``RESPONSE 403: 403 Forbidden``,
+the error code, the indented JSON body); transport and credential failures are worded by the
+Python SDK, not as Go's.
 """
 
 from __future__ import annotations
@@ -64,12 +65,55 @@ def _key_client(vault_url: str):
     return KeyClient(vault_url, _credential(), api_version=_API_VERSION)
 
 
+_SEPARATOR = "-" * 80
+
+
+def _go_response_error(resp) -> str:
+    """azcore's ``ResponseError`` text (Go) for a service answer: method and URL without the
+    query, the status, the error code, the JSON body indented by two spaces."""
+    import json
+    from urllib.parse import urlsplit
+
+    req = getattr(resp, "request", None)
+    out = []
+    if req is not None:
+        u = urlsplit(req.url)
+        out.append(f"{req.method} {u.scheme}://{u.netloc}{u.path}")
+    else:
+        out.append("Missing RawRequest")
+    out += [_SEPARATOR, f"RESPONSE {resp.status_code}: {resp.status_code} {resp.reason}"]
+    try:
+        body = resp.body()
+    except Exception:
+        body = b""
+    code = resp.headers.get("x-ms-error-code", "") if resp.headers else ""
+    doc = None
+    if body:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+    if not code and isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        code = str(doc["error"].get("code") or "")
+    out.append(f"ERROR CODE: {code}" if code else "ERROR CODE UNAVAILABLE")
+    out.append(_SEPARATOR)
+    if body:
+        out.append(json.dumps(doc, indent=2, ensure_ascii=False) if doc is not None
+                   else body.decode("utf-8", "replace"))
+    else:
+        out.append("Response contained no body")
+    out.append(_SEPARATOR)
+    return "\n".join(out) + "\n"
+
+
 def _error(e: Exception) -> tuple[str, bool]:
     """The error's text and whether it means "not mine" (the vault refused this key)."""
-    status = getattr(e, "status_code", None)
+    resp = getattr(e, "response", None)
+    status = getattr(resp, "status_code", None)
+    if isinstance(status, int):
+        return _go_response_error(resp), status in (400, 403, 404)
     msg = getattr(e, "message", None) or str(e)
-    return " ".join(str(msg).split()) if status is None else str(msg), \
-        status in (400, 403, 404)
+    return " ".join(str(msg).split()), False
 
 
 def key_version(vault_url: str, name: str) -> str:

@@ -119,7 +119,9 @@ def _sdk_error(e: Exception) -> _Fail:
                 "error_message": getattr(e, "error_msg", "") or "",
                 "encoded_authorization_message": getattr(e, "encoded_auth_msg", "") or "",
                 "details": None}
-        return _Fail(json.dumps(body, separators=(",", ":")), mine=status in (400, 403, 404))
+        # the Go SDK's ServiceResponseError: compact JSON and a newline
+        return _Fail(json.dumps(body, separators=(",", ":")) + "\n",
+                     mine=status in (400, 403, 404))
     msg = getattr(e, "error_msg", None) or str(e)
     return _Fail(msg)
 

@@ -60,7 +60,7 @@ def rotate_parser(cls):
     for kind in _KEY_FLAG_KINDS:
         p.add_argument(f"--add-{kind}", help=f"add these {kind} keys to key group 0 (comma-separated)")
         p.add_argument(f"--rm-{kind}", help=f"remove these {kind} keys from every group")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?")
     return p
 
 
@@ -71,9 +71,10 @@ def set_parser(cls):
     p.add_argument("--value-file", action="store_true", help="VALUE is a file holding the JSON")
     p.add_argument("--value-stdin", action="store_true", help="read the JSON value from stdin")
     p.add_argument("--idempotent", action="store_true", help="do not write when nothing changes")
-    p.add_argument("file")
-    p.add_argument("path")
+    p.add_argument("file", nargs="?")
+    p.add_argument("path", nargs="?")
     p.add_argument("value", nargs="?")
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     return p
 
 
@@ -81,8 +82,9 @@ def unset_parser(cls):
     p = _parser(cls, "unset", "Remove the value at PATH, in place.")
     _common(p, io=False)
     p.add_argument("--idempotent", action="store_true", help="a missing key is not an error")
-    p.add_argument("file")
-    p.add_argument("path")
+    p.add_argument("file", nargs="?")
+    p.add_argument("path", nargs="?")
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     return p
 
 
@@ -90,7 +92,7 @@ def filestatus_parser(cls):
     p = _parser(cls, "filestatus", 'Print {"encrypted":true|false} for FILE.')
     p.add_argument("--input-type", help="yaml, json, dotenv, ini or binary")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?")
     return p
 
 
@@ -104,7 +106,7 @@ def edit_parser(cls):
 
     _add_key_flags(p)  # for a new file, as encrypt
     _add_rule_flags(p, comments=False)
-    p.add_argument("file")
+    p.add_argument("file", nargs="?")
     return p
 
 
@@ -174,8 +176,22 @@ def _keys_from_flags(value: str | None, kind: str) -> list:
     return registry.key_type(name).from_arg(value, KeyContext(os.environ))
 
 
+def _need_file(ctx) -> None:
+    """sops' check at the start of each of these commands (exit 100)."""
+    from sops_enclave.errors import NoFileSpecified
+
+    if ctx.get("file") is None:
+        raise NoFileSpecified("Error: no file specified")
+
+
+def _count(ctx, *names: str) -> int:
+    return sum(ctx.get(n) is not None for n in names) + len(ctx.get("rest") or [])
+
+
 def do_rotate(ctx) -> int:
     from sops_enclave import api
+
+    _need_file(ctx)
 
     if ctx.get("in_place") and ctx.get("output"):
         raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
@@ -236,7 +252,15 @@ def _modify_in_place(ctx, data: bytes, path: str, change) -> int:
 
 def do_set(ctx) -> int:
     from sops_enclave import api
+    from sops_enclave.errors import NoFileSpecified
 
+    n = _count(ctx, "file", "path", "value")
+    if ctx.get("value_stdin") and n != 2:
+        raise NoFileSpecified("Error: file specified, or index and value are missing. Need "
+                              "precisely 2 positional arguments since --value-stdin is used.")
+    if not ctx.get("value_stdin") and n != 3:
+        raise NoFileSpecified("Error: no file specified, or index and value are missing. "
+                              "Need precisely 3 positional arguments.")
     data, path = _input(ctx)
     tree_path = _set_path(ctx.get("path"))
     if ctx.get("value_stdin"):
@@ -262,7 +286,10 @@ def do_set(ctx) -> int:
 
 def do_unset(ctx) -> int:
     from sops_enclave import api
+    from sops_enclave.errors import NoFileSpecified
 
+    if _count(ctx, "file", "path") != 2:
+        raise NoFileSpecified("Error: no file specified, or index is missing")
     data, path = _input(ctx)
     tree_path = _set_path(ctx.get("path"))
 
@@ -284,6 +311,7 @@ def do_filestatus(ctx) -> int:
     from sops_enclave import api
     from sops_enclave.errors import LoggedFatal, MetadataNotFound, go_errno_text
 
+    _need_file(ctx)
     given = ctx.get("file")
     path = ctx.abs(given)
     fail = "cannot check file status: cannot load encrypted file: "
@@ -420,6 +448,7 @@ def do_edit(ctx) -> int:
     from sops_enclave import api
     from sops_enclave.fileio import write_atomic
 
+    _need_file(ctx)
     if ctx.get("in_place") and ctx.get("output"):
         raise ConflictingParameters("Error: cannot operate on both --output and --in-place")
     path = ctx.abs(ctx.get("file"))

@@ -53,7 +53,7 @@ _WELL_FORMED = re.compile(r"/v[\d]+/[^/]+/[^/]+/[^/]+")
 class _GoError(Exception):
     """An error with the Go client's text; ``retry`` says whether its policy retries it."""
 
-    def __init__(self, text: str, *, retry: bool = False, mine: bool = True,
+    def __init__(self, text: str, *, retry: bool = False, mine: bool = False,
                  after: float | None = None):
         super().__init__(text)
         self.retry = retry

@@ -267,3 +267,22 @@ def test_context_reads_only_its_environment(tmp_path):
     assert vault_token({"HOME": str(tmp_path)}) == "from-file"
     assert vault_token({"HOME": str(tmp_path), "VAULT_TOKEN": "env"}) == "env"
     assert vault_token({"HOME": str(tmp_path / "none")}) == ""
+
+
+def test_a_missing_sdk_is_an_unusable_key_with_an_install_hint(monkeypatch):
+    """Without the vendor SDK the key fails like any unreachable key (exit 128 on decrypt),
+    saying what to install."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gcp(name, *a, **kw):
+        if name.startswith("google.cloud.kms"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_gcp)
+    monkeypatch.delitem(sys.modules, "google.cloud.kms_v1", raising=False)
+    e = GCPKMSEntry("projects/p/locations/l/keyRings/r/cryptoKeys/k", "Zm9v")
+    with pytest.raises(KeyUnavailable, match=r"pip install 'sops-enclave\[gcp\]'"):
+        LocalKeyService({}).decrypt(e)

@@ -231,6 +231,15 @@ def test_rotate_add_rm_updatekeys_and_groups(bao, env, tmp_path, sops_bin, age_k
     assert b"key_name: k2" in ours and b"key_name: k1" not in ours
     (tmp_path / "r.yaml").write_bytes(ours)
     assert ok(run([sops_bin, "decrypt", "r.yaml"], env, tmp_path)) == PLAIN["yaml"]
+    # a plain rotate keeps each key's created_at, as sops does
+    old = start.replace(b'created_at: "', b'created_at: "2001-02-03T04:05:06Z" #')
+    old = b"\n".join(ln.split(b" #")[0] if b"created_at" in ln else ln for ln in old.split(b"\n"))
+    (tmp_path / "old.yaml").write_bytes(old)
+    (tmp_path / "old2.yaml").write_bytes(old)
+    ours = ok(run([*ENCLAVE, "rotate", "old.yaml"], env, tmp_path))
+    theirs = ok(run([sops_bin, "rotate", "old2.yaml"], env, tmp_path))
+    assert b'created_at: "2001-02-03T04:05:06Z"' in theirs
+    assert b'created_at: "2001-02-03T04:05:06Z"' in ours
 
     # updatekeys: an age-only file gets the Vault key of its rule; then Vault alone opens it
     e_age = dict(env, SOPS_AGE_KEY=age_key[0])

@@ -27,7 +27,7 @@ import binascii
 import re
 
 from sops_enclave.errors import KeyMismatch, SopsError
-from sops_enclave.keys.base import KeyUnavailable
+from sops_enclave.keys.base import KeyUnavailable, require_sdk
 
 __all__ = ["parse_url", "wrap", "unwrap", "key_version", "KEY_TYPE"]
 
@@ -54,12 +54,14 @@ def parse_url(url: str) -> tuple[str, str, str]:
 
 
 def _credential():
+    require_sdk("azure.identity", "azure-identity", "azure")
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()
 
 
 def _key_client(vault_url: str):
+    require_sdk("azure.keyvault.keys", "azure-keyvault-keys", "azure")
     from azure.keyvault.keys import KeyClient
 
     return KeyClient(vault_url, _credential(), api_version=_API_VERSION)

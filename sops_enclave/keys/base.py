@@ -75,3 +75,15 @@ class MasterKeyType(Protocol):
     def unwrap(self, entry: Any, ctx: KeyContext) -> bytes: ...
 
     def from_arg(self, value: str, ctx: KeyContext) -> list: ...
+
+
+def require_sdk(import_name: str, package: str, extra: str) -> None:
+    """Import ``import_name`` (a vendor SDK) or fail as an unusable key, naming what to
+    install."""
+    import importlib
+
+    try:
+        importlib.import_module(import_name)
+    except ImportError:
+        raise KeyUnavailable(f"this key type needs the {package} package, which is not "
+                             f"installed (pip install 'sops-enclave[{extra}]')") from None

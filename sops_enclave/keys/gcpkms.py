@@ -30,7 +30,7 @@ import re
 from typing import Any, Mapping
 
 from sops_enclave.errors import KeyMismatch, go_errno_text
-from sops_enclave.keys.base import KeyUnavailable
+from sops_enclave.keys.base import KeyUnavailable, require_sdk
 
 __all__ = ["wrap", "unwrap", "KEY_TYPE"]
 
@@ -151,6 +151,7 @@ def _close(client) -> None:
 
 
 def wrap(data_key: bytes, resource_id: str, env: Mapping[str, str]) -> str:
+    require_sdk("google.cloud.kms_v1", "google-cloud-kms", "gcp")
     try:
         client = _client(resource_id, env)
     except _Fail as e:
@@ -166,6 +167,7 @@ def wrap(data_key: bytes, resource_id: str, env: Mapping[str, str]) -> str:
 
 
 def unwrap(enc: str, resource_id: str, env: Mapping[str, str]) -> bytes:
+    require_sdk("google.cloud.kms_v1", "google-cloud-kms", "gcp")
     try:
         client = _client(resource_id, env)
     except _Fail as e:

@@ -214,7 +214,8 @@ def protect_data_key(md: Metadata, data_key: bytes, services: Sequence,
                                       f"{go_quote(_key_name(entry))}: {msg}")
             if key_errors:
                 errors += key_errors
-            elif not isinstance(entry, AgeEntry):
+            elif not isinstance(entry, AgeEntry) and not entry.created_at:  # type: ignore[union-attr]
+                # a new key is dated now; a key read from the file keeps its date (sops' rotate)
                 entry.created_at = created  # type: ignore[union-attr]
     if errors:
         raise SopsError("Could not generate data key: [" + " ".join(errors) + "]")

@@ -29,7 +29,7 @@ import json
 from typing import Mapping
 
 from sops_enclave.errors import KeyMismatch, SopsError
-from sops_enclave.keys.base import KeyUnavailable
+from sops_enclave.keys.base import KeyUnavailable, require_sdk
 
 __all__ = ["parse_key_id", "wrap", "unwrap", "KEY_TYPE"]
 
@@ -127,6 +127,7 @@ def _sdk_error(e: Exception) -> _Fail:
 
 
 def wrap(data_key: bytes, key_id: str, env: Mapping[str, str]) -> str:
+    require_sdk("huaweicloudsdkkms.v2", "huaweicloudsdkkms", "huawei")
     from huaweicloudsdkkms.v2 import EncryptDataRequest, EncryptDataRequestBody
 
     region, uuid = parse_key_id(key_id)
@@ -147,6 +148,7 @@ def wrap(data_key: bytes, key_id: str, env: Mapping[str, str]) -> str:
 
 
 def unwrap(enc: str, key_id: str, env: Mapping[str, str]) -> bytes:
+    require_sdk("huaweicloudsdkkms.v2", "huaweicloudsdkkms", "huawei")
     from huaweicloudsdkkms.v2 import DecryptDataRequest, DecryptDataRequestBody
 
     try:

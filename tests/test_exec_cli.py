@@ -283,3 +283,16 @@ def test_success_is_quiet_on_stderr_and_verbose_names_the_enclave(world, tmp_pat
     r = run(TOOL + ["verify", str(out), "--allow-dev", f"--pcr=0={world['pcr0']}", "--repo",
                     str(repo), "--enclave-policy", str(world["policy"])], world["env"])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_uncommitted_fix_of_a_broken_manifest_says_uncommitted(world, tmp_path):
+    repo = make_repo(world, tmp_path)
+    good = (repo / ".sops-enclave.yaml").read_text()
+    (repo / ".sops-enclave.yaml").write_text(good.replace("    inputs:", "    inptus:"))
+    git(repo, "commit", "-q", "-S", "-am", "a typo", key=world["key"])
+    p = exec_(world, repo, "--dry-run")
+    assert p.returncode == 1 and "unknown key 'inptus'" in p.stderr.decode()
+    (repo / ".sops-enclave.yaml").write_text(good)     # fixed, not committed
+    p = exec_(world, repo, "--dry-run")
+    assert p.returncode == 1
+    assert ".sops-enclave.yaml (modified) differs from commit" in one_line(p)

@@ -42,7 +42,8 @@ from typing import Any, Mapping
 
 __all__ = ["DevStack", "up", "dev_pcrs", "changed_code_copy", "STATE_ENV",
            "default_state_dir", "running", "env_exports", "down", "serve", "create_key",
-           "put_key_policy", "list_keys", "snapshot_keys"]
+           "put_key_policy", "list_keys", "snapshot_keys", "resolve_state",
+           "not_running_error"]
 
 #: The environment variable naming the state directory (``dev env`` exports it).
 STATE_ENV = "SOPS_ENCLAVE_DEV_STATE"
@@ -250,7 +251,8 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(base).absolute() / "sops-enclave" / "dev"
 
 
-def _state(state: str | None, environ: Mapping[str, str]) -> Path:
+def resolve_state(state: str | None, environ: Mapping[str, str]) -> Path:
+    """The state directory: ``state`` (--state) if given, else the default one."""
     return Path(state).absolute() if state else default_state_dir(environ)
 
 
@@ -305,7 +307,7 @@ def running(state: Path) -> dict | None:
     return run
 
 
-def _not_running(state: Path) -> Exception:
+def not_running_error(state: Path) -> Exception:
     from sops_enclave.errors import SopsError
 
     flag = "" if os.environ.get(STATE_ENV) == str(state) else f" --state {shlex.quote(str(state))}"
@@ -353,7 +355,7 @@ def up(state: str | None = None, port: int = 0, enclave_policy: str | None = Non
 
     environ = os.environ if environ is None else environ
     out = out or sys.stdout
-    d = _state(state, environ)
+    d = resolve_state(state, environ)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     policy = os.path.abspath(enclave_policy) if enclave_policy else None
     _policy_bytes(policy)  # refuse a bad policy before starting anything
@@ -411,7 +413,7 @@ def serve(state: str | None = None, port: int = 0, enclave_policy: str | None = 
     """``dev up --foreground``: run the stack in this process until SIGTERM/SIGINT; keep the
     keys in the state directory when it stops."""
     environ = os.environ if environ is None else environ
-    d = _state(state, environ)
+    d = resolve_state(state, environ)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     cfg = _read_json(d / "config.json") or {}
     if enclave_policy:
@@ -478,7 +480,7 @@ def down(state: str | None = None, *, environ: Mapping[str, str] | None = None,
     """``dev down``: stop the stack of the state directory (its keys stay there)."""
     environ = os.environ if environ is None else environ
     out = out or sys.stdout
-    d = _state(state, environ)
+    d = resolve_state(state, environ)
     run = running(d)
     if run is None:
         print(f"# no dev stack is running for {d}", file=out)
@@ -616,10 +618,10 @@ def create_key(state: str | None = None, alias: str | None = None, gated: bool =
 
     environ = os.environ if environ is None else environ
     err = err or sys.stderr
-    d = _state(state, environ)
+    d = resolve_state(state, environ)
     run = running(d)
     if run is None:
-        raise _not_running(d)
+        raise not_running_error(d)
     name = _alias_name(alias) if alias else None
     policy_file = _default_policy(d, enclave_policy) if gated else None
     if gated:
@@ -663,10 +665,10 @@ def put_key_policy(state: str | None, key: str, policy_text: str, *,
     from sops_enclave.errors import SopsError
 
     environ = os.environ if environ is None else environ
-    d = _state(state, environ)
+    d = resolve_state(state, environ)
     run = running(d)
     if run is None:
-        raise _not_running(d)
+        raise not_running_error(d)
     try:
         json.loads(policy_text)
     except ValueError as e:
@@ -682,10 +684,10 @@ def list_keys(state: str | None = None, *, environ: Mapping[str, str] | None = N
               ) -> list[dict[str, Any]]:
     """``dev kms list``: each key's ARN, aliases, state and the PCR0 its policy pins."""
     environ = os.environ if environ is None else environ
-    d = _state(state, environ)
+    d = resolve_state(state, environ)
     run = running(d)
     if run is None:
-        raise _not_running(d)
+        raise not_running_error(d)
     keys = _collect_keys(run["upstream"])
     for k in keys:
         k["GatedPCR0"] = _gate_pcr0(k.pop("Policy"))

@@ -177,11 +177,14 @@ def _explain(error: str, dev: bool, env: Mapping[str, str]) -> str:
     return error
 
 
-def plan_at_commit(opts: ExecOptions):
-    """(commit id, manifest, plans) read from the commit, not the working tree."""
+def plan_at_commit(opts: ExecOptions, check_commit: Callable[[str], None] | None = None):
+    """(commit id, manifest, plans) read from the commit, not the working tree.
+    ``check_commit(commit id)`` runs once the commit is known, before its manifest is read."""
     from sops_enclave.pack.manifest import load_manifest
 
     commit = _resolve_commit(opts.repo, opts.commit)
+    if check_commit is not None:
+        check_commit(commit)
     try:
         data = _git(opts.repo, "show", f"{commit}:{opts.manifest_path}")
     except SopsError:
@@ -335,19 +338,17 @@ def _progress(msg: str) -> None:
 
 
 def run_exec(opts: ExecOptions, env: Mapping[str, str],
-             on_plan: Callable[[str], None] | None = None) -> dict:
-    """Run the pack in the enclave; writes the outputs and receipts. ``on_plan(commit)`` is
-    called once the plan is read, before the other host-side checks (recipients, KMS) and
-    before the enclave starts.
+             check_commit: Callable[[str], None] | None = None) -> dict:
+    """Run the pack in the enclave; writes the outputs and receipts. ``check_commit(commit)``
+    is called once the commit is known, before its manifest is read, the other host-side
+    checks (recipients, KMS) and the enclave start.
 
     Returns ``{"commit", "outputs": [{"target", "path", "receipt", "sha256"}],
     "kms_decrypt_calls"}`` (no content)."""
     dev = opts.enclave == "dev"
     if not dev and not opts.enclave.startswith("nitro"):
         raise SopsError(f"--enclave must be dev or nitro[:CID[:PORT]], not {opts.enclave!r}")
-    commit, _, plans = plan_at_commit(opts)
-    if on_plan is not None:
-        on_plan(commit)
+    commit, _, plans = plan_at_commit(opts, check_commit)
     check_recipients(opts.manifest_path, plans)
     preflight_kms(opts, commit, plans, env)
     _progress(f"{len(plans)} output(s) at {commit[:12]}; collecting git objects")

@@ -29,12 +29,12 @@ to key types; a new key type is one module plus one line there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from sops_enclave.errors import KeyMismatch, SopsError
 
-__all__ = ["KeyUnavailable", "KeyMismatch", "KeyContext", "MasterKeyType"]
+__all__ = ["KeyUnavailable", "KeyMismatch", "KeyContext", "MasterKeyType", "require_sdk"]
 
 
 class KeyUnavailable(SopsError):
@@ -44,11 +44,9 @@ class KeyUnavailable(SopsError):
 
 @dataclass
 class KeyContext:
-    """What a key type may read: the environment, plus per-process caches keyed by it."""
+    """What a key type may read: the environment of the process (or of the caller's choice)."""
 
     env: Mapping[str, str]
-    #: per key type scratch space (clients, tokens with their expiry), owned by that type
-    cache: dict[str, Any] = field(default_factory=dict)
 
     def get(self, name: str, default: str = "") -> str:
         return self.env.get(name, default)

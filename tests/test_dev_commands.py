@@ -275,3 +275,27 @@ def test_daemon_does_not_hold_the_callers_pipes(env, state):
     pid = json.loads((state / "run.json").read_text())["pid"]
     os.kill(pid, 0)   # still running after our pipes reached EOF
     assert dev(env, state, "down").returncode == 0
+
+
+def test_foreground_stack_stops_on_ctrl_c_and_keeps_its_keys(env, state):
+    p = subprocess.Popen(TOOL + ["dev", "up", "--foreground", "--state", str(state)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in p.stdout:            # until the stack says it is up
+            lines.append(line)
+            if line.startswith("# keys:"):
+                break
+        assert lines[0].startswith("# sops-enclave dev stack is up at http://127.0.0.1:")
+        shell = dict(env, **exports("".join(lines)))
+        arn = dev(shell, state, "kms", "create-key", "--alias", "fg")
+        assert arn.returncode == 0, arn.stderr
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not (state / "run.json").exists()
+    kept = json.loads((state / "kms-keys.json").read_text())["keys"]
+    assert [k["Aliases"] for k in kept] == [["alias/fg"]]

@@ -125,12 +125,17 @@ def test_not_mine_and_unavailable_are_told_apart(age_key):
     foreign = pyrage.encrypt(b"k" * 32, [other], armored=True).decode()
     with pytest.raises(KeyMismatch):
         svc.decrypt(AgeEntry(age_key[1], foreign))
-    mine = pyrage.encrypt(b"k" * 32, [pyrage.x25519.Recipient.from_str(age_key[1])],
-                          armored=True).decode()
-    lines = mine.splitlines()
-    lines[2] = lines[2][:10] + ("A" if lines[2][10] != "A" else "B") + lines[2][11:]
-    with pytest.raises(KeyUnavailable):  # the header MAC fails: corrupt, not foreign
-        svc.decrypt(AgeEntry(age_key[1], "\n".join(lines)))
+    import base64
+
+    raw = pyrage.encrypt(b"k" * 32, [pyrage.x25519.Recipient.from_str(age_key[1])])
+    at = raw.index(b"\n--- ") + 5  # the header MAC: change its first character
+    raw = raw[:at] + (b"A" if raw[at:at + 1] != b"A" else b"B") + raw[at + 1:]
+    b64 = base64.b64encode(raw).decode()
+    armored = "\n".join(["-----BEGIN AGE ENCRYPTED FILE-----",
+                         *[b64[i:i + 64] for i in range(0, len(b64), 64)],
+                         "-----END AGE ENCRYPTED FILE-----"])
+    with pytest.raises(KeyUnavailable, match="bad header MAC"):  # corrupt, not foreign
+        svc.decrypt(AgeEntry(age_key[1], armored))
     # Vault: nobody listening is "unavailable", in the failure report as sops words it
     port = _closed_port()
     vault = VaultEntry(f"http://127.0.0.1:{port}", "transit", "k", "vault:v1:x")

@@ -160,6 +160,9 @@ def test_legacy_set_errors(sops_bin, enclave_bin, env, files, args, code):
     ["--add-age", OTHER, "new.yaml"], ["--rm-pgp", "ABCD", "-d", "new.yaml"],
     ["-i", "--output", "x", "e.yaml"], ["-d", "-i", "--output", "x", "new.yaml"],
     ["-d", "missing.yaml"], ["-r", "missing.yaml"],
+    # edit mode (the editor, EDITOR=false, fails: exit 201 after decrypting)
+    ["--add-age", OTHER, "e.yaml"], ["-s", "e.yaml"], ["edit", "-s", "e.yaml"],
+    ["--show-master-keys", "--ignore-mac", "t.yaml"],
 ])
 def test_flag_spellings_and_positions(sops_bin, enclave_bin, env, files, args):
     s, e = both(sops_bin, enclave_bin, args, files, env)

@@ -410,3 +410,21 @@ def test_completion_without_shell_is_help(sops_bin, enclave_bin, env):
     s, e = both(sops_bin, enclave_bin, ["completion", "powershell"], {}, env)
     assert s.code != 0 and e.code != 0
 
+
+
+def test_show_master_keys_known_difference(sops_bin, enclave_bin, env, files, tmp_path):
+    """README, known differences: sops 3.11 drops the edits made with -s; sops-enclave keeps
+    them (and shows the values only)."""
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\ncp \"$1\" \"$CAPTURE\"\nsed -i 's/^a: 1/a: 2/' \"$1\"\n")
+    editor.chmod(0o755)
+    shown, after = [], []
+    for tool in ([sops_bin], enclave_bin):
+        capture = tmp_path / f"shown-{len(shown)}"
+        r = _run_in(tool, ["-s", "e.yaml"], files, dict(env, EDITOR=str(editor),
+                                                         CAPTURE=str(capture)))
+        assert (r.code, r.out, r.err) == (0, b"", b"")
+        shown.append(capture.read_bytes())
+        after.append(decrypted(sops_bin, env, r.files["e.yaml"]))
+    assert b"\nsops:\n" in shown[0] and shown[1] == PLAIN
+    assert after[0] == PLAIN and after[1] == PLAIN.replace(b"a: 1", b"a: 2")

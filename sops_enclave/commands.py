@@ -171,6 +171,8 @@ def _keys_from_flags(value: str | None, kind: str) -> list:
                 for s in cfgmod.parse_kms_arg(value, {}, "")]
     if kind in ("pgp", "age"):
         items = [x.strip() for x in value.split(",") if x.strip()]
+        if kind == "age":  # sops parses them with the flags, before reading the file
+            items = [cfgmod.validate_age_recipient(x) for x in items]
         return [PGPEntry(x) if kind == "pgp" else AgeEntry(x) for x in items]
     name = {f: n for n, f, _ in registry.CLI_FLAGS}[kind]
     return registry.key_type(name).from_arg(value, KeyContext(os.environ))

@@ -219,6 +219,8 @@ def test_more_than_one_command(sops_bin, enclave_bin, env, files, age_key):
     (None, ["-e", "--age", OTHER, "--enable-local-keyservice=false", "p.yaml"]),
     (None, ["-e", "--age", "age1bogus", "p.yaml"]),
     (None, ["encrypt", "--age", "age1bogus", "p.yaml"]),
+    (None, ["-r", "--add-age", "age1bogus", "e.yaml"]),
+    (None, ["rotate", "--rm-age", "age1bogus", "e.yaml"]),
     (None, ["-e", "--config", "nonexist.yaml", "p.yaml"]),
     (None, ["-d", "--config", "nonexist.yaml", "e.yaml"]),
     (None, ["--config", "nonexist.yaml", "decrypt", "e.yaml"]),

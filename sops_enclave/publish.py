@@ -103,7 +103,7 @@ class GCSDestination(Destination):
             from google.cloud import storage  # type: ignore[import-not-found]
         except ImportError:
             raise SopsError("publishing to GCS needs google-cloud-storage "
-                            "(pip install google-cloud-storage)") from None
+                            "(pip install 'sops-enclave[gcs]')") from None
         from google.api_core import exceptions as gexc  # type: ignore[import-not-found]
 
         try:

@@ -354,3 +354,17 @@ def test_servers_are_real(env):
     mounts = _vault(env, "GET", "sys/mounts")
     assert mounts["kv/"]["options"]["version"] == "1"
     assert mounts["secret/"]["options"]["version"] == "2"
+
+
+@pytest.mark.parametrize("args", [["--config", "missing.yaml", "publish", "f.yaml"],
+                                  ["--config", "cfg/x.yaml", "publish", "-y", "f.yaml"]])
+def test_global_config_flag(tmp_path, sops_bin, enclave_bin, env, age_key, args):
+    _encrypt(sops_bin, env, tmp_path / "f.yaml", age_key[1])
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "x.yaml").write_text("destination_rules:\n  - path_regex: nomatch\n"
+                                             "    s3_bucket: b-x\n")
+    ps = run([sops_bin] + args, env, cwd=tmp_path)
+    pe = run(enclave_bin + args, env, cwd=tmp_path)
+    assert ps.returncode == pe.returncode == 1
+    assert pe.stderr == ps.stderr and pe.stdout == ps.stdout == b""
+    assert ps.stderr.startswith((b"could not read config file", b"error loading config"))

@@ -433,8 +433,19 @@ def _encrypt_options(ctx: _Ctx, name: str, binary: bool):
     else:
         crypt = CryptRule("unencrypted_suffix", "_unencrypted")
     if binary and (cli_rules or (rule is not None and rule.crypt_rule)):
-        _warn("Using a suffix or regex does not make sense with the binary store and will be "
-              "ignored.")
+        given = {n for n, _ in cli_rules} | ({rule.crypt_rule[0]} if rule is not None and
+                                             rule.crypt_rule else set())
+        for n, what in (("unencrypted_suffix", "an unencrypted suffix"),
+                        ("encrypted_suffix", "an encrypted suffix"),
+                        ("encrypted_regex", "an encrypted regex"),
+                        ("unencrypted_regex", "an unencrypted regex")):
+            if n in given:
+                _warn(f"Using {what} does not make sense with the input store (the binary "
+                      "store produces one key that should always be encrypted) and will be "
+                      "ignored.")
+        if "encrypted_comment_regex" in given:
+            _warn("Using an encrypted comment regex does not make sense with the input store "
+                  "(the binary store never produces comments) and will be ignored.")
         crypt = CryptRule("unencrypted_suffix", "_unencrypted")
     threshold = ctx.get("shamir_secret_sharing_threshold") or (rule.shamir_threshold if rule else 0)
     mac_only = ctx.get("mac_only_encrypted")

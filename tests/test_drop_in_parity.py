@@ -430,3 +430,13 @@ def test_show_master_keys_known_difference(sops_bin, enclave_bin, env, files, tm
         after.append(decrypted(sops_bin, env, r.files["e.yaml"]))
     assert b"\nsops:\n" in shown[0] and shown[1] == PLAIN
     assert after[0] == PLAIN and after[1] == PLAIN.replace(b"a: 1", b"a: 2")
+
+
+@pytest.mark.parametrize("flag", ["--unencrypted-suffix", "--encrypted-suffix",
+                                  "--encrypted-regex", "--unencrypted-regex"])
+def test_binary_store_ignores_crypt_rules_with_sops_warning(sops_bin, enclave_bin, env, files,
+                                                            age_key, flag):
+    args = ["-e", "--age", age_key[1], flag, "x", "--input-type", "binary", "p.yaml"]
+    s, e = both(sops_bin, enclave_bin, args, files, env)
+    assert s.code == e.code == 0 and e.err == s.err and b"level=warning" in s.err
+    assert decrypted(sops_bin, env, e.out) == decrypted(sops_bin, env, s.out)

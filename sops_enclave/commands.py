@@ -705,6 +705,9 @@ def do_groups(ctx) -> int:
         if idx < 0 or idx >= len(groups):
             raise SopsError(f"groups delete: no key group {idx} (the file has {len(groups)})")
         del groups[idx]
+        if not groups:  # sops 3.11 writes it, and no key can open the file any more
+            raise SopsError("groups delete: cannot delete the last key group (no key could "
+                            "open the file)")
         limit = threshold or md.shamir_threshold
         if len(groups) < max(limit, 1):
             raise SopsError(f"removing this key group would make the Shamir threshold ({limit}) "

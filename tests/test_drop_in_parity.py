@@ -440,3 +440,15 @@ def test_binary_store_ignores_crypt_rules_with_sops_warning(sops_bin, enclave_bi
     s, e = both(sops_bin, enclave_bin, args, files, env)
     assert s.code == e.code == 0 and e.err == s.err and b"level=warning" in s.err
     assert decrypted(sops_bin, env, e.out) == decrypted(sops_bin, env, s.out)
+
+
+def test_groups_delete_last_group_known_difference(sops_bin, enclave_bin, env, files):
+    """README, known differences: sops 3.11 writes a file with no key at all."""
+    s, e = both(sops_bin, enclave_bin, ["groups", "delete", "-i", "--file", "e.yaml", "0"],
+                files, env)
+    assert s.code == 0 and b"recipient" not in s.files["e.yaml"]
+    dec = run([sops_bin, "-d", "--input-type", "yaml", "/dev/stdin"], env, input=s.files["e.yaml"])
+    assert dec.returncode == 1 and dec.stderr == b"No keys found in file\n"
+    assert e.code == 1 and e.files == files
+    assert e.err == b"groups delete: cannot delete the last key group (no key could open the " \
+                    b"file)\n"

@@ -237,6 +237,10 @@ def test_vault_kv(tmp_path, sops_bin, enclave_bin, env, age_key, version):
     mount = "kv" if version == 1 else "secret"
     rule = (f"    vault_path: apps/v{version}\n    vault_kv_mount_name: {mount}/\n"
             f"    vault_kv_version: {version}\n")
+    run_env = env
+    if version == 1:  # the rule's address wins over VAULT_ADDR
+        rule += f"    vault_address: {env['VAULT_ADDR']}\n"
+        run_env = dict(env, VAULT_ADDR="http://127.0.0.1:9")
     _config(tmp_path, "destination_rules:\n  - path_regex: ''\n" + rule)
     f = tmp_path / "svc.yaml"
     _encrypt(sops_bin, env, f, age_key[1])
@@ -253,7 +257,7 @@ def test_vault_kv(tmp_path, sops_bin, enclave_bin, env, age_key, version):
         got = _vault(env, "GET", read)
         return got["data"] if version == 1 else got["data"]["data"]
 
-    p, data = _same(_both(sops_bin, enclave_bin, ["publish", "--yes", "svc.yaml"], env,
+    p, data = _same(_both(sops_bin, enclave_bin, ["publish", "--yes", "svc.yaml"], run_env,
                           tmp_path, reset=reset, collect=collect))
     assert p.returncode == 0
     assert data == {"a": 1, "b": "two", "c": {"d": "x"}}  # the decrypted values

@@ -15,7 +15,12 @@ import re
 from typing import Any, Callable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+# The same class cryptography.hazmat.primitives.ciphers.aead re-exports (``AESGCM =
+# rust_openssl.aead.AESGCM``), taken from the bindings directly: importing the ``ciphers``
+# package first loads its algorithm/mode tables, a few ms of every process start.
+from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+
+AESGCM = _rust_openssl.aead.AESGCM
 
 from sops_enclave.errors import ErrorDecryptingTree, ErrorEncryptingTree
 from sops_enclave.goformat import plain_bytes

@@ -62,7 +62,7 @@ GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
 def measure(cmd: list[str], env: dict, timeout: float = 600.0, *,
-            rss: bool = False) -> tuple[float, int, bytes]:
+            rss: bool = False, cwd: str | os.PathLike | None = None) -> tuple[float, int, bytes]:
     """(wall seconds, peak RSS in KiB or 0, stdout) of one child process.
 
     Timing runs start the command directly (no wrapper in the timed path). With ``rss``,
@@ -80,7 +80,8 @@ def measure(cmd: list[str], env: dict, timeout: float = 600.0, *,
                 raise SystemExit("bench: GNU time (/usr/bin/time) is needed for peak memory")
             wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd]
         t0 = time.perf_counter()
-        p = subprocess.Popen(wrapped, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen(wrapped, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                             cwd=cwd)
         timer = threading.Timer(timeout, p.kill)  # bounded: a hung child is killed
         timer.start()
         try:
@@ -101,7 +102,8 @@ def measure(cmd: list[str], env: dict, timeout: float = 600.0, *,
         return dt, peak, out.read()
 
 
-def alternate(ours: list[str], theirs: list[str], runs: int, env: dict) -> dict:
+def alternate(ours: list[str], theirs: list[str], runs: int, env: dict, *,
+              cwd: str | os.PathLike | None = None, ours_env: dict | None = None) -> dict:
     """One untimed run of each command under GNU time (peak memory; also a warm-up), then
     ``runs`` timed runs of both, alternating which goes first. Returns times, peaks (KiB),
     medians and the last stdout of each side (0 = sops-enclave, 1 = sops)."""
@@ -109,10 +111,12 @@ def alternate(ours: list[str], theirs: list[str], runs: int, env: dict) -> dict:
     peaks: dict[int, int] = {}
     outputs: dict[int, bytes] = {}
     for which in (0, 1):
-        _, peaks[which], _ = measure(ours if which == 0 else theirs, env, rss=True)
+        _, peaks[which], _ = measure(ours if which == 0 else theirs,
+                                     (ours_env or env) if which == 0 else env, rss=True, cwd=cwd)
     for i in range(runs):
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            dt, _, out = measure(ours if which == 0 else theirs, env)
+            dt, _, out = measure(ours if which == 0 else theirs,
+                                 (ours_env or env) if which == 0 else env, cwd=cwd)
             times[which].append(dt)
             outputs[which] = out
     return {"times": times, "peaks": peaks, "outputs": outputs,

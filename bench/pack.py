@@ -107,8 +107,14 @@ class PackBench:
     """Sets up the dev stack, the two repositories and the baseline script; ``run()``
     measures. Use as a context manager (the dev stack is stopped on exit)."""
 
-    def __init__(self, outputs: int = 20, per_output: int = 10, parallel: int = 0):
+    def __init__(self, outputs: int = 20, per_output: int = 10, parallel: int = 0, *,
+                 values: int = 16, baseline: bool = True, small_outputs: int = 0):
+        """``values``: keys in each input's own section (16; the big-inputs row uses
+        16,000). ``baseline=False``: no baseline copy (sops-enclave only). ``small_outputs``:
+        also a second repository holding only the first ``small_outputs`` outputs' inputs
+        (the growth row: the same pack at a tenth of the size, same dev stack)."""
         self.outputs, self.per_output, self.parallel = outputs, per_output, parallel
+        self.values, self.baseline, self.small_outputs = values, baseline, small_outputs
         self.work = Path(tempfile.mkdtemp(prefix="sops-enclave-bench-pack-"))
         self.stack = None
         #: Times the gated key's policy was re-pinned because the dev PCR0 changed (the code
@@ -179,8 +185,9 @@ class PackBench:
                 rel = f"secrets/{svc}/in{j:02d}.enc.yaml"
                 src = plain / svc / f"in{j:02d}.yaml"
                 src.parent.mkdir(parents=True, exist_ok=True)
-                src.write_bytes(input_doc(s, j))
-                for root, key in ((self.repo, self.gated), (self.base, self.open)):
+                src.write_bytes(input_doc(s, j, self.values))
+                for root, key in ((self.repo, self.gated), (self.base, self.open))[
+                        :2 if self.baseline else 1]:
                     (root / rel).parent.mkdir(parents=True, exist_ok=True)
                     jobs.append([self.sops, "encrypt", "--kms", key, "--output",
                                  str(root / rel), str(src)])
@@ -193,14 +200,34 @@ class PackBench:
                 raise SystemExit(f"bench: {' '.join(cmd)}: {p.stderr.decode()[-500:]}")
 
         log(f"  pack: encrypting {len(jobs)} input files "
-            f"({self.outputs * self.per_output} for each side)")
+            f"({self.outputs * self.per_output} for each side)" if self.baseline else
+            f"  pack: encrypting {len(jobs)} input files (sops-enclave side only)")
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(enc, jobs))
         shutil.rmtree(plain)
         inputs = "\n".join(f'      - "secrets/{{svc}}/in{j:02d}.enc.yaml"'
                            for j in range(self.per_output))
-        svcs = ", ".join(f"s{s:02d}" for s in range(self.outputs))
-        (self.repo / ".sops-enclave.yaml").write_text(f"""version: 1
+        self.repo_small = None
+        if self.small_outputs:
+            self.repo_small = work / "repo-small"
+            for s in range(self.small_outputs):
+                shutil.copytree(self.repo / f"secrets/s{s:02d}",
+                                self.repo_small / f"secrets/s{s:02d}")
+        for repo, n in ((self.repo, self.outputs), (self.repo_small, self.small_outputs)):
+            if repo is not None:
+                self._write_config(repo, n, inputs)
+        (work / "plan.txt").write_text("\n".join(plan_lines) + "\n")
+        (work / "baseline.sh").write_text(BASELINE_SH)
+        self.base_env = dict(env, SOPS=self.sops, PACK_DIR=str(self.base),
+                             PACK_PLAN=str(work / "plan.txt"), RUNTIME_KMS=self.runtime,
+                             OUT_AGE=self.age_recipient)
+        self.ours_cmd = [self.ours, "exec", "--enclave", "dev", "--json", "--repo",
+                         str(self.repo)]
+        self.base_cmd = ["bash", str(work / "baseline.sh")]
+
+    def _write_config(self, repo: Path, outputs: int, inputs: str) -> None:
+        svcs = ", ".join(f"s{s:02d}" for s in range(outputs))
+        (repo / ".sops-enclave.yaml").write_text(f"""version: 1
 matrix: {{svc: [{svcs}]}}
 outputs:
   - target: "{{svc}}"
@@ -212,17 +239,9 @@ outputs:
       encryption_context: {{service: "{{svc}}"}}
       age: ["{self.age_recipient}"]
 """)
-        _git(self.repo, "init", "-q")
-        _git(self.repo, "add", "-A")
-        _git(self.repo, "commit", "-q", "-m", "bench inputs")
-        (work / "plan.txt").write_text("\n".join(plan_lines) + "\n")
-        (work / "baseline.sh").write_text(BASELINE_SH)
-        self.base_env = dict(env, SOPS=self.sops, PACK_DIR=str(self.base),
-                             PACK_PLAN=str(work / "plan.txt"), RUNTIME_KMS=self.runtime,
-                             OUT_AGE=self.age_recipient)
-        self.ours_cmd = [self.ours, "exec", "--enclave", "dev", "--json", "--repo",
-                         str(self.repo)]
-        self.base_cmd = ["bash", str(work / "baseline.sh")]
+        _git(repo, "init", "-q")
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", "bench inputs")
 
     # ------------------------------------------------------------------ measuring
 
@@ -282,6 +301,49 @@ outputs:
         log(f"  pack: the dev PCR0 changed (code edited during the run); key policy re-pinned "
             f"to {pcr0[:16]}...")
         return True
+
+    def _ours(self, repo: Path, outputs: int, rss: bool = False) -> tuple[float, int, dict]:
+        """One sops-enclave run on ``repo`` (``outputs`` outputs): seconds, peak KiB, calls."""
+        cmd = [self.ours, "exec", "--enclave", "dev", "--json", "--repo", str(repo)]
+        before = self.stack.kms.stats
+        self._pin()
+        try:
+            dt, peak, out = measure(cmd, self.env, rss=rss)
+        except SystemExit as e:
+            if "AccessDenied" not in str(e) or not self._pin():
+                raise
+            before = self.stack.kms.stats
+            dt, peak, out = measure(cmd, self.env, rss=rss)
+        if len(json.loads(out)["outputs"]) != outputs:
+            raise SystemExit(f"bench: exec on {repo.name} did not write {outputs} outputs")
+        after = self.stack.kms.stats
+        return dt, peak, {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+    def run_growth(self, runs: int) -> dict:
+        """sops-enclave only: the small repository (``small_outputs`` outputs) against the
+        full one, alternated run by run; peak memory from one untimed run of each."""
+        small, big = (self.repo_small, self.small_outputs), (self.repo, self.outputs)
+        peaks = {n: self._ours(r, n, rss=True)[1] for r, n in (small, big)}
+        times: dict[int, list[float]] = {small[1]: [], big[1]: []}
+        dec: dict[int, set] = {small[1]: set(), big[1]: set()}
+        for i in range(runs):
+            for r, n in ((small, big) if i % 2 == 0 else (big, small)):
+                dt, _, c = self._ours(r, n)
+                times[n].append(dt)
+                dec[n].add(c.get("Decrypt", 0))
+            log(f"  pack growth run {i + 1}/{runs}: {small[1]} outputs "
+                f"{times[small[1]][-1]:.2f}s, {big[1]} outputs {times[big[1]][-1]:.2f}s")
+        s_s, s_b = statistics.median(times[small[1]]), statistics.median(times[big[1]])
+        return {"runs": runs, "per_output": self.per_output,
+                "small": {"outputs": small[1], "inputs": small[1] * self.per_output,
+                          "s": s_s, "times": times[small[1]], "rss_mib": peaks[small[1]] / 1024,
+                          "decrypt_calls": sorted(dec[small[1]])},
+                "big": {"outputs": big[1], "inputs": big[1] * self.per_output,
+                        "s": s_b, "times": times[big[1]], "rss_mib": peaks[big[1]] / 1024,
+                        "decrypt_calls": sorted(dec[big[1]])},
+                "work_factor": big[1] / small[1], "time_factor": s_b / s_s,
+                "rss_factor": peaks[big[1]] / peaks[small[1]] if peaks[small[1]] else 0.0,
+                "pcr0_repins": self.repins}
 
     def check_outputs(self) -> bool:
         """Decrypt every output of both sides with the sops binary (age key); same content?"""

@@ -42,7 +42,10 @@ from benchlib import ROOT, alternate, log, make_data, to_yaml, tool  # noqa: E40
 
 # Targets of the performance issue: (comparison, limit) on the ratio sops-enclave / sops.
 TARGETS = {"-d YAML": 1.0, "-d JSON": 0.5, "-e YAML": 1.0, "-e JSON": 0.5, "small": 1.0,
-           "pack": 0.2}
+           "small -e cfg": 1.0, "pack": 0.2, "pack big": 0.3, "keyservice": 1.0,
+           # pack growth: x10 work may cost at most x11 time and x11 peak memory
+           "pack growth": 11.0}
+ALL_PARTS = ("core", "growth", "pack", "packbig", "packgrowth", "keyservice")
 
 
 # ---------------------------------------------------------------------------------- core
@@ -70,10 +73,20 @@ def run_core(sops: str, ours: str, env: dict, recipient: str, work: Path, *, val
         f = str(work / name)
         cases.append((key, label, [ours, "encrypt", "--age", recipient, f],
                       [sops, "encrypt", "--age", recipient, f]))
+    # -e of the small file with a .sops.yaml creation rule found by the lookup (no key flag):
+    # both tools run in a directory below the one holding .sops.yaml.
+    cfgdir = work / "cfg"
+    (cfgdir / "app").mkdir(parents=True, exist_ok=True)
+    (cfgdir / ".sops.yaml").write_text(
+        f"creation_rules:\n  - path_regex: \\.yaml$\n    age: {recipient}\n")
+    (cfgdir / "app" / "small.yaml").write_bytes(files["small.yaml"])
+    cases.append(("small -e cfg", "-e YAML, 20 values, .sops.yaml lookup (age)",
+                  [ours, "encrypt", "small.yaml"], [sops, "encrypt", "small.yaml"],
+                  cfgdir / "app"))
     sizes = {n: (work / ("enc." + n)).stat().st_size / 1e6 for n in files}
     rows = []
-    for key, label, a, b in cases:
-        res = alternate(a, b, runs, env)
+    for key, label, a, b, *cwd in cases:
+        res = alternate(a, b, runs, env, cwd=cwd[0] if cwd else None)
         mo, mt = res["enclave_s"], res["sops_s"]
         decrypt = "-d" in a
         rows.append({"key": key, "case": label, "runs": runs, "sops_s": mt, "enclave_s": mo,
@@ -83,9 +96,89 @@ def run_core(sops: str, ours: str, env: dict, recipient: str, work: Path, *, val
                      if decrypt else None})
         log(f"  {label}: sops {mt:.3f}s, sops-enclave {mo:.3f}s, ratio {mo / mt:.2f}")
     for r in rows:
-        r["encrypted_mb"] = sizes["large.yaml" if "YAML" in r["case"] and "20" not in r["case"]
+        r["encrypted_mb"] = sizes["large.yaml" if "YAML" in r["case"] and " 20 " not in r["case"]
                                   else "large.json" if "JSON" in r["case"] else "small.yaml"]
     return rows
+
+
+# ---------------------------------------------------------------------------- keyservice
+
+KS_LOOP = ('ks=$1; shift; for f in "$@"; do "$SOPS" decrypt --keyservice "$ks" '
+           '--enable-local-keyservice=false "$f" > /dev/null || exit 1; done')
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def run_keyservice(sops: str, ours: str, env: dict, recipient: str, work: Path, *,
+                   runs: int, files: int = 100) -> dict:
+    """``sops decrypt --keyservice`` of ``files`` small age files, one after the other,
+    through ``sops-enclave keyservice`` against through ``sops keyservice``. The client is
+    the sops binary on both sides and holds no key (SOPS_AGE_KEY only in the servers'
+    environment, ``--enable-local-keyservice=false``): only the server differs."""
+    ksdir = work / "ks"
+    ksdir.mkdir(exist_ok=True)
+    small = make_data(20)
+    paths = []
+    for i in range(files):
+        plain = ksdir / f"f{i:03d}.yaml"
+        plain.write_bytes(to_yaml({"app": {**small["service_00000"], "n": i}}))
+        p = subprocess.run([sops, "encrypt", "--age", recipient, str(plain)], env=env,
+                           capture_output=True, check=True, timeout=120)
+        enc = ksdir / f"f{i:03d}.enc.yaml"
+        enc.write_bytes(p.stdout)
+        plain.unlink()
+        paths.append(str(enc))
+    client_env = {k: v for k, v in env.items() if k != "SOPS_AGE_KEY"}
+    client_env["SOPS"] = sops
+    servers, addrs = [], []
+    try:
+        for exe in (ours, sops):
+            port = _free_port()
+            servers.append(subprocess.Popen(
+                [exe, "keyservice", "--network", "tcp", "--address", f"127.0.0.1:{port}"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            addrs.append(f"tcp://127.0.0.1:{port}")
+        import socket
+
+        for (addr, srv) in zip(addrs, servers):
+            port = int(addr.rsplit(":", 1)[1])
+            deadline = time.monotonic() + 30
+            while True:
+                if srv.poll() is not None:
+                    raise SystemExit(f"bench: keyservice {addr} exited ({srv.returncode})")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"bench: keyservice {addr} did not start")
+                    time.sleep(0.05)
+        # Same output through both servers (and the same as a local decrypt).
+        one = [subprocess.run([sops, "decrypt", "--keyservice", a,
+                               "--enable-local-keyservice=false", paths[0]], env=client_env,
+                              capture_output=True, timeout=60) for a in addrs]
+        same = one[0].returncode == 0 and one[0].stdout == one[1].stdout
+        res = alternate(["bash", "-c", KS_LOOP, "_", addrs[0], *paths],
+                        ["bash", "-c", KS_LOOP, "_", addrs[1], *paths], runs, client_env)
+    finally:
+        for srv in servers:
+            srv.terminate()
+            try:
+                srv.wait(10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+    log(f"  keyservice, {files} files: sops keyservice {res['sops_s']:.3f}s, sops-enclave "
+        f"keyservice {res['enclave_s']:.3f}s, ratio {res['enclave_s'] / res['sops_s']:.2f}")
+    return {"files": files, "runs": runs, "sops_s": res["sops_s"],
+            "enclave_s": res["enclave_s"], "ratio": res["enclave_s"] / res["sops_s"],
+            "identical_output": same, "times": res["times"]}
 
 
 # ---------------------------------------------------------------------------------- table
@@ -98,7 +191,9 @@ def _n(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
 
 
-def build_rows(core: list[dict], growth: dict | None, pack: dict | None) -> list[dict]:
+def build_rows(core: list[dict], growth: dict | None, pack: dict | None, *,
+               packbig: dict | None = None, packgrowth: dict | None = None,
+               keyservice: dict | None = None) -> list[dict]:
     """Every table row: case, target, sops s, enclave s, ratio, meets, rss, notes."""
     out = []
     for r in core:
@@ -175,6 +270,49 @@ def build_rows(core: list[dict], growth: dict | None, pack: dict | None) -> list
                         "notes": f"KMS Decrypt calls per run: sops "
                                  f"{'/'.join(map(str, p['decrypt_calls']))}; CPU of the dev "
                                  f"KMS stack per run: {p['kms_cpu_s']:.2f} s"})
+    if packbig:
+        e, s = packbig["enclave"], packbig["sops"]
+        out.append({"case": f"pack: one output from {packbig['inputs']} inputs of "
+                            f"{packbig['values']:,} keys each (exec --enclave dev vs "
+                            "sops | jq | sops)",
+                    "target": f"≤ {TARGETS['pack big']:.1f}", "sops": f"{s['s']:.3f}",
+                    "enclave": f"{e['s']:.3f}", "ratio": f"{packbig['ratio']:.2f}",
+                    "meets": _yes(packbig["ratio"] <= TARGETS["pack big"]),
+                    "rss": f"{s['rss_mib']:.0f} / {e['rss_mib']:.0f}",
+                    "notes": f"{packbig['runs']} runs; KMS Decrypt calls per run: sops-enclave "
+                             f"{'/'.join(map(str, e['decrypt_calls']))}, sops "
+                             f"{'/'.join(map(str, s['decrypt_calls']))}; outputs decrypt to "
+                             f"the same content: {_yes(packbig['identical_output'])}"})
+    if packgrowth:
+        g, sm, bg = packgrowth, packgrowth["small"], packgrowth["big"]
+        lim = TARGETS["pack growth"]
+        worst = max(g["time_factor"], g["rss_factor"])
+        out.append({"case": f"pack growth: {bg['inputs']:,} inputs → {bg['outputs']} outputs "
+                            f"vs {sm['inputs']} → {sm['outputs']} (sops-enclave only; columns: "
+                            f"{sm['inputs']} → {sm['outputs']} / {bg['inputs']:,} → "
+                            f"{bg['outputs']})",
+                    "target": f"×{g['work_factor']:.0f} work: time and peak memory ≤ ×{lim:.0f}",
+                    "sops": f"{sm['s']:.3f}", "enclave": f"{bg['s']:.3f}",
+                    "ratio": f"×{g['time_factor']:.2f} time, ×{g['rss_factor']:.2f} memory",
+                    "meets": _yes(worst <= lim),
+                    "rss": f"{sm['rss_mib']:.0f} / {bg['rss_mib']:.0f}",
+                    "notes": f"{g['runs']} runs of each, alternated; KMS Decrypt calls per run "
+                             f"{'/'.join(map(str, sm['decrypt_calls']))} / "
+                             f"{'/'.join(map(str, bg['decrypt_calls']))} (one per data key: "
+                             f"{_yes(sm['decrypt_calls'] == [sm['inputs']] and bg['decrypt_calls'] == [bg['inputs']])})"
+                             "; the sops and sops-enclave columns hold the small and the big "
+                             "pack, the RSS column their peaks"})
+    if keyservice:
+        k = keyservice
+        out.append({"case": f"`sops decrypt --keyservice` of {k['files']} small age files, "
+                            "through sops-enclave keyservice vs sops keyservice",
+                    "target": f"≤ {TARGETS['keyservice']:.1f}", "sops": f"{k['sops_s']:.3f}",
+                    "enclave": f"{k['enclave_s']:.3f}", "ratio": f"{k['ratio']:.2f}",
+                    "meets": _yes(k["ratio"] <= TARGETS["keyservice"]), "rss": "—",
+                    "notes": f"{k['runs']} runs; the client is the sops binary on both sides "
+                             "(no local key, --enable-local-keyservice=false), files decrypted "
+                             "one after the other; decrypted output identical: "
+                             + _yes(k["identical_output"])})
     # Peak memory: every drop-in case (core and growth), sops-enclave <= sops. The pack is
     # shown in its row but not counted: a bash pipeline's largest stage against exec plus
     # its dev enclave process is not the same comparison.
@@ -264,10 +402,10 @@ def conditions(args, cfg: dict, core: list[dict], growth: dict | None, pack: dic
     cmd = "python bench/run.py" + (" --quick" if args.quick else "") + \
         (f" --runs {args.runs}" if args.runs else "") + \
         (f" --values {args.values}" if args.values else "") + \
-        (f" --parts {args.parts}" if args.parts != "core,growth,pack" else "") + \
+        (f" --parts {args.parts}" if set(args.parts.split(",")) != set(ALL_PARTS) else "") + \
         (" --write-readme" if args.write_readme else "")
     size = next((r["encrypted_mb"] for r in core if r["key"] == "-d YAML"), None)
-    make = "" if args.quick or args.runs or args.values or args.parts != "core,growth,pack" \
+    make = "" if args.quick or args.runs or args.values or set(args.parts.split(",")) != set(ALL_PARTS) \
         else " (`make bench`)"
     parts = [f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
              f"`{cmd}`{make} in {elapsed / 60:.1f} min: {_cpu_model()}, "
@@ -333,14 +471,14 @@ def main() -> int:
                     help="values of the core YAML/JSON cases (16000; 4000 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 runs, growth 1k/5k YAML only, pack of 40 inputs into 4")
-    ap.add_argument("--parts", default="core,growth,pack",
-                    help="comma-separated subset of core,growth,pack")
+    ap.add_argument("--parts", default=",".join(ALL_PARTS),
+                    help="comma-separated subset of " + ",".join(ALL_PARTS))
     ap.add_argument("--write-readme", action="store_true")
     ap.add_argument("--json", action="store_true", help="print every measurement as JSON")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
-    if parts - {"core", "growth", "pack"}:
-        ap.error("--parts takes core, growth, pack")
+    if parts - set(ALL_PARTS):
+        ap.error("--parts takes " + ", ".join(ALL_PARTS))
     q = args.quick
     cfg = {"runs": args.runs or (2 if q else 5), "values": args.values or (4000 if q else 16000),
            "growth_sizes": [1000, 5000] if q else [1000, 10000, 100000],
@@ -361,7 +499,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SOPS_", "AWS_"))}
     env.update(SOPS_AGE_KEY=str(ident), HOME=str(work), SOPS_DISABLE_VERSION_CHECK="1")
     core: list[dict] = []
-    growth = pack = None
+    growth = pack = packbig = packgrowth = keyservice = None
     failed: dict[str, str] = {}
     cfg["code_before"] = _code_state()
 
@@ -394,6 +532,30 @@ def main() -> int:
         with PackBench(cfg["pack_outputs"], cfg["pack_per_output"]) as pb:
             return pb.run(cfg["pack_runs"], cfg["pack_parallel"])
 
+    def do_packbig():
+        from pack import PackBench
+
+        n = 4000 if q else 16000
+        log(f"pack, big inputs: one output from 2 inputs of {n:,} keys, {cfg['pack_runs']} runs")
+        with PackBench(1, 2, values=n) as pb:
+            res = pb.run(cfg["pack_runs"])
+        res["values"] = n
+        return res
+
+    def do_packgrowth():
+        from pack import PackBench
+
+        big, small = (40, 4) if q else (200, 20)
+        runs = min(cfg["pack_runs"], 3)
+        log(f"pack growth: {big * 10} inputs → {big} outputs vs {small * 10} → {small}, "
+            f"{runs} runs")
+        with PackBench(big, 10, baseline=False, small_outputs=small) as pb:
+            return pb.run_growth(runs)
+
+    def do_keyservice():
+        log(f"keyservice: 100 files, {cfg['runs']} runs")
+        return run_keyservice(sops, ours, env, recipient, work, runs=cfg["runs"])
+
     try:
         if "core" in parts:
             core = part("core", do_core) or []
@@ -401,18 +563,27 @@ def main() -> int:
             growth = part("growth", do_growth)
         if "pack" in parts:
             pack = part("pack", do_pack)
+        if "packbig" in parts:
+            packbig = part("packbig", do_packbig)
+        if "packgrowth" in parts:
+            packgrowth = part("packgrowth", do_packgrowth)
+        if "keyservice" in parts:
+            keyservice = part("keyservice", do_keyservice)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cfg["code_after"] = _code_state()
     elapsed = time.perf_counter() - t_start
     cfg["load_after"] = os.getloadavg()
-    rows = build_rows(core, growth, pack)
+    rows = build_rows(core, growth, pack, packbig=packbig, packgrowth=packgrowth,
+                      keyservice=keyservice)
     for name, why in failed.items():
         rows.append({"case": f"{name}: NOT MEASURED", "target": "", "sops": "", "enclave": "",
                      "ratio": "", "meets": "—", "rss": "", "notes": why})
     out = render(rows, conditions(args, cfg, core, growth, pack, elapsed, sops, ours))
     if args.json:
         print(json.dumps({"config": cfg, "core": core, "growth": growth, "pack": pack,
+                          "packbig": packbig, "packgrowth": packgrowth,
+                          "keyservice": keyservice,
                           "failed": failed, "elapsed_s": elapsed}, indent=2))
     else:
         print(out)

@@ -1,6 +1,8 @@
 """The sops subcommands beyond decrypt/encrypt: rotate, set, unset, filestatus, edit, exec-env,
-exec-file. Each has a parser factory and a handler ``(ctx) -> exit code``; :mod:`cli` wires
-them in and maps errors to exit codes.
+exec-file, groups, updatekeys, and the enclave pack's exec and dev. Each has a parser factory
+``(parser class) -> ArgumentParser`` and a handler ``(ctx) -> exit code``, listed in
+:data:`sops_enclave.cmdline.COMMANDS`; :mod:`sops_enclave.cli` dispatches to them and maps
+errors to exit codes (this module never imports it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from sops_enclave.errors import (ConflictingParameters, FileHasNotBeenModified,
                                  InvalidSetFormat, NoEditorFound, SopsError)
 from sops_enclave.tree import Branch, Comment
 
-__all__ = ["PARSERS", "HANDLERS"]
+__all__ = ["rotate_parser", "set_parser", "unset_parser", "filestatus_parser", "edit_parser",
+           "exec_env_parser", "exec_file_parser", "groups_parser", "updatekeys_parser",
+           "exec_parser", "dev_parser", "do_rotate", "do_set", "do_unset", "do_filestatus",
+           "do_edit", "do_legacy_set", "do_exec_env", "do_exec_file", "do_groups",
+           "do_updatekeys", "do_exec", "do_dev", "print_group_diffs", "scanln", "go_log",
+           "key_string", "example_branches"]
 
 
 def _common(p: argparse.ArgumentParser, *, io: bool = True, types: bool = True,
@@ -102,10 +109,10 @@ def edit_parser(cls):
                 "ciphertext. Exit 200 when nothing changed.")
     _common(p, io=False)
     p.add_argument("-s", "--show-master-keys", action="store_true", help=argparse.SUPPRESS)
-    from sops_enclave.cli import _add_key_flags, _add_rule_flags
+    from sops_enclave.cmdline import add_key_flags, add_rule_flags
 
-    _add_key_flags(p)  # for a new file, as encrypt
-    _add_rule_flags(p, comments=False)
+    add_key_flags(p)  # for a new file, as encrypt
+    add_rule_flags(p, comments=False)
     p.add_argument("file", nargs="?")
     return p
 
@@ -414,7 +421,7 @@ def _edit_new(ctx, path: str) -> int:
     data key *before* the editor opens (a key error loses no typing); the example document
     is written in the output format; the file is created encrypted."""
     from sops_enclave import SOPS_FORMAT_VERSION, api
-    from sops_enclave.cli import _encrypt_options
+    from sops_enclave.cmdline import encrypt_options
     from sops_enclave.fileio import write_atomic
     from sops_enclave.formats import get_store
     from sops_enclave.keys.groups import protect_data_key
@@ -423,7 +430,7 @@ def _edit_new(ctx, path: str) -> int:
     name = ctx.abs(ctx.get("filename_override")) if ctx.get("filename_override") else path
     in_fmt = _fmt(ctx, name, "input_type")
     out_fmt = _fmt(ctx, name, "output_type")
-    opts, cfg = _encrypt_options(ctx, name, binary=(in_fmt == "binary"))
+    opts, cfg = encrypt_options(ctx, name, binary=(in_fmt == "binary"))
     sc = ctx.store_config(cfg)
     example = api.emit_plain(example_branches(in_fmt), in_fmt, sc)
     if in_fmt == "binary":
@@ -501,11 +508,11 @@ def do_legacy_set(ctx, raw: str) -> int:
     return _modify_in_place(ctx, data, path, change)
 
 
-_SIGNAL_TEXT = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated", signal.SIGINT: "interrupt",
-                signal.SIGHUP: "hangup", signal.SIGSEGV: "segmentation fault",
-                signal.SIGABRT: "aborted", signal.SIGPIPE: "broken pipe",
-                signal.SIGQUIT: "quit", signal.SIGUSR1: "user defined signal 1",
-                signal.SIGUSR2: "user defined signal 2"}
+_SIGNAL_TEXT: dict[int, str] = {
+    signal.SIGKILL: "killed", signal.SIGTERM: "terminated", signal.SIGINT: "interrupt",
+    signal.SIGHUP: "hangup", signal.SIGSEGV: "segmentation fault", signal.SIGABRT: "aborted",
+    signal.SIGPIPE: "broken pipe", signal.SIGQUIT: "quit", signal.SIGUSR1: "user defined signal 1",
+    signal.SIGUSR2: "user defined signal 2"}
 
 
 def _child_status(rc: int) -> int:
@@ -639,13 +646,6 @@ def do_exec_file(ctx) -> int:
                 pass
         shutil.rmtree(tmpdir, ignore_errors=True)
     return _child_status(rc)
-
-
-PARSERS = {"rotate": rotate_parser, "set": set_parser, "unset": unset_parser,
-           "filestatus": filestatus_parser, "edit": edit_parser, "exec-env": exec_env_parser,
-           "exec-file": exec_file_parser}
-HANDLERS = {"rotate": do_rotate, "set": do_set, "unset": do_unset, "filestatus": do_filestatus,
-            "edit": do_edit, "exec-env": do_exec_env, "exec-file": do_exec_file}
 
 
 # ------------------------------------------------------------------ key groups
@@ -801,7 +801,7 @@ def scanln() -> str:
 def _updatekeys_file(ctx, given: str, config_path: str, threshold_flag: int) -> None:
     from sops_enclave import api
     from sops_enclave import config as cfgmod
-    from sops_enclave.cli import _entry_from_spec
+    from sops_enclave.cmdline import entry_from_spec
     from sops_enclave.errors import CouldNotRetrieveKey, go_errno_text
     from sops_enclave.fileio import read_input, write_atomic
     from sops_enclave.formats import resolve_format
@@ -827,7 +827,7 @@ def _updatekeys_file(ctx, given: str, config_path: str, threshold_flag: int) -> 
     rule = cfg.creation_rule_for(path)
     if rule is None:
         raise SopsError(f"The config file {config_path} does not contain any creation rule")
-    groups = [[_entry_from_spec(s, ctx.env) for s in g] for g in rule.key_groups]
+    groups = [[entry_from_spec(s, ctx.env) for s in g] for g in rule.key_groups]
     keys_change, listing = print_group_diffs(md.key_groups, groups)
     old_t = md.shamir_threshold
     new_t = min(threshold_flag or old_t, len(groups))
@@ -895,10 +895,6 @@ def do_updatekeys(ctx) -> int:
     if failed:
         raise SopsError(f"failed updating {failed} key(s)")
     return 0
-
-
-PARSERS.update({"groups": groups_parser, "updatekeys": updatekeys_parser})
-HANDLERS.update({"groups": do_groups, "updatekeys": do_updatekeys})
 
 
 # ------------------------------------------------------------------ exec (the enclave pack)
@@ -1093,7 +1089,3 @@ def do_dev(ctx) -> int:
         return 0
     raise SopsError("usage: sops-enclave dev up|down|env|kms create-key|kms put-key-policy|"
                     "kms list (see 'sops-enclave dev --help')")
-
-
-PARSERS.update({"exec": exec_parser, "dev": dev_parser})
-HANDLERS.update({"exec": do_exec, "dev": do_dev})

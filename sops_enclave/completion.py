@@ -36,20 +36,15 @@ def _flags(p: argparse.ArgumentParser) -> list[str]:
 
 def _commands() -> dict[str, list[str]]:
     """command name -> its long flags; ``""`` holds the global flags."""
-    import importlib
-
-    from sops_enclave import cli, commands
+    from sops_enclave.cmdline import COMMANDS, global_parser
 
     Quiet = argparse.ArgumentParser
-    table = {"": _flags(cli._global_parser()),
-             "decrypt": _flags(cli._decrypt_parser()),
-             "encrypt": _flags(cli._encrypt_parser())}
-    for name, make in commands.PARSERS.items():
-        table[name] = _flags(make(Quiet))
-    for name, mod in cli._MODULE_COMMANDS.items():
-        table[name] = _flags(importlib.import_module(mod).parser(Quiet))
-    for name in cli._extra_commands():
-        table.setdefault(name, ["--help"])
+    table = {"": _flags(global_parser())}
+    for name, command in COMMANDS.items():
+        if command.register:
+            table[name] = ["--help"]
+        else:
+            table[name] = _flags(command.load()[0](Quiet))
     table["help"] = []
     return table
 

@@ -332,7 +332,7 @@ def _confirm(abs_path: str, where: str) -> bool:
 
 def _publish_one(ctx, cfg, given: str, root: str | None) -> None:
     from sops_enclave import SOPS_FORMAT_VERSION, api
-    from sops_enclave.cli import _entry_from_spec
+    from sops_enclave.cmdline import entry_from_spec
     from sops_enclave.commands import print_group_diffs
     from sops_enclave.fileio import read_input
     from sops_enclave.formats import resolve_format
@@ -353,7 +353,7 @@ def _publish_one(ctx, cfg, given: str, root: str | None) -> None:
     data = read_input(abs_path)
     api.load_encrypted(data, fmt)  # it must be a SOPS file
     dest = rule.destination
-    groups = [[_entry_from_spec(s, ctx.env) for s in g] for g in rule.key_groups]
+    groups = [[entry_from_spec(s, ctx.env) for s in g] for g in rule.key_groups]
     payload: Any = data
     if not dest.encrypted:
         d = api.decrypt_document(data, fmt, services=ctx.services(),
@@ -418,9 +418,9 @@ def handle(ctx) -> int:
     if not files:
         raise NoFileSpecified("Error: no file specified")
     if len(files) > 1:
-        from sops_enclave.cli import _warn
+        from sops_enclave.cmdline import warn
 
-        _warn("More than one positional argument provided. Only the first one will be used!")
+        warn("More than one positional argument provided. Only the first one will be used!")
     given = files[0]
     try:
         os.stat(ctx.abs(given))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -150,6 +151,38 @@ def kms_key(kms_env) -> str:
 def run(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None,
         input: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, cwd=cwd, input=input, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """``sops-enclave`` run in this process (``sops_enclave.cli.run``), for tests that check
+    only behaviour: ``cli(argv, env, cwd=None, input=None)`` gives what :func:`run` above gives
+    for the console command (exit code, stdout and stderr bytes). For the call, ``os.environ``
+    is ``env`` and the working directory ``cwd``, as a child process would have them."""
+    from sops_enclave.cli import run as run_in_process
+
+    def call(argv: list[str], env: dict[str, str], cwd: str | Path | None = None,
+             input: bytes | None = None) -> subprocess.CompletedProcess:
+        out, err = io.BytesIO(), io.BytesIO()
+        stdout = io.TextIOWrapper(out, encoding="utf-8")
+        stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace",
+                                  line_buffering=True)
+        stdin = io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8")
+        with monkeypatch.context() as m:
+            for k in list(os.environ):
+                m.delenv(k)
+            for k, v in env.items():
+                m.setenv(k, v)
+            if cwd is not None:
+                m.chdir(cwd)
+            rc = run_in_process(argv, env, None if cwd is None else str(cwd), stdin=stdin,
+                                stdout=stdout, stderr=stderr)
+        stdout.flush()
+        stderr.flush()
+        return subprocess.CompletedProcess(["sops-enclave", *argv], rc, out.getvalue(),
+                                           err.getvalue())
+
+    return call
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,4 +1,7 @@
-"""Bad input: one line naming the problem, sops' exit code, nothing on stdout, no file changed."""
+"""Bad input: one line naming the problem, sops' exit code, nothing on stdout, no file changed.
+
+Tests that compare with the real sops binary run both as child processes; the others run
+sops-enclave in this process (the ``cli`` fixture)."""
 
 from __future__ import annotations
 
@@ -110,16 +113,16 @@ def test_wrong_age_key_exit_128(tmp_path, enc_yaml, sops_bin, enclave_bin, base_
     assert b"Group 0: FAILED" in p.stderr and b"age1" in p.stderr
 
 
-def test_no_key_at_all_exit_128(tmp_path, enc_yaml, enclave_bin, base_env):
+def test_no_key_at_all_exit_128(tmp_path, enc_yaml, cli, base_env):
     env = {k: v for k, v in base_env.items() if k != "SOPS_AGE_KEY"}
-    p = run(enclave_bin + ["-d", str(enc_yaml)], env)
+    p = cli(["-d", str(enc_yaml)], env)
     _check(p, 128, "Group 0: FAILED")
 
 
-def test_in_place_failure_leaves_file(tmp_path, enc_yaml, enclave_bin, base_env):
+def test_in_place_failure_leaves_file(tmp_path, enc_yaml, cli, base_env):
     _tamper(enc_yaml, b"b_unencrypted: open", b"b_unencrypted: shut")
     before = enc_yaml.read_bytes()
-    p = run(enclave_bin + ["-d", "-i", str(enc_yaml)], base_env)
+    p = cli(["-d", "-i", str(enc_yaml)], base_env)
     assert p.returncode == 51
     assert enc_yaml.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["plain.yaml", "s.enc.yaml"]
@@ -175,8 +178,8 @@ def test_bad_extract_path_exit_91(enc_yaml, enclave_bin, sops_bin, base_env):
     _check(p, 91, "doesn't end with ]", s)
 
 
-def test_unknown_flag_exit_1(enc_yaml, enclave_bin, base_env):
-    p = run(enclave_bin + ["decrypt", "--no-such-flag", str(enc_yaml)], base_env)
+def test_unknown_flag_exit_1(enc_yaml, cli, base_env):
+    p = cli(["decrypt", "--no-such-flag", str(enc_yaml)], base_env)
     _check(p, 1, "no-such-flag")
 
 
@@ -209,12 +212,12 @@ def test_extract_values(enc_yaml, enclave_bin, sops_bin, base_env):
 
 # ---------------------------------------------------------------- limits
 
-def test_yaml_alias_bomb_is_refused(tmp_path, enclave_bin, base_env, age_key):
+def test_yaml_alias_bomb_is_refused(tmp_path, cli, base_env, age_key):
     levels = "".join(f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n"
                      for i in range(9))
     f = tmp_path / "bomb.yaml"
     f.write_text("a: &a [x,x,x,x,x,x,x,x,x,x]\n" + levels)
-    p = run(enclave_bin + ["encrypt", "--age", age_key[1], str(f)], base_env)  # 120 s cap
+    p = cli(["encrypt", "--age", age_key[1], str(f)], base_env)
     _check(p, 2, "alias expansion")
 
 
@@ -222,16 +225,16 @@ def test_yaml_alias_bomb_is_refused(tmp_path, enclave_bin, base_env, age_key):
     ("yaml", "".join("  " * i + "a:\n" for i in range(300)).encode() + b"  " * 300 + b"b: 1\n"),
     ("json", b'{"a":' * 300 + b"1" + b"}" * 300),
 ])
-def test_deep_nesting_is_refused(tmp_path, enclave_bin, base_env, age_key, fmt, content):
+def test_deep_nesting_is_refused(tmp_path, cli, base_env, age_key, fmt, content):
     f = tmp_path / f"deep.{fmt}"
     f.write_bytes(content)
-    p = run(enclave_bin + ["encrypt", "--age", age_key[1], str(f)], base_env)
+    p = cli(["encrypt", "--age", age_key[1], str(f)], base_env)
     _check(p, 2, "nesting deeper than")
 
 
-def test_input_size_limit(tmp_path, enclave_bin, base_env, age_key):
+def test_input_size_limit(tmp_path, cli, base_env, age_key):
     f = tmp_path / "a.yaml"
     f.write_bytes(b"a: " + b"x" * 100 + b"\n")
-    p = run(enclave_bin + ["encrypt", "--age", age_key[1], str(f)],
+    p = cli(["encrypt", "--age", age_key[1], str(f)],
             dict(base_env, SOPS_ENCLAVE_MAX_INPUT_BYTES="50"))
     _check(p, 2, "larger than the 50-byte limit")

@@ -1,4 +1,7 @@
-"""rotate, set, unset, filestatus, edit, exec-env and exec-file against the real sops 3.11."""
+"""rotate, set, unset, filestatus, edit, exec-env and exec-file against the real sops 3.11.
+
+Comparisons with the sops binary and runs that start a child (exec-env, exec-file, edit's
+editor) use child processes; the other checks run sops-enclave in this process (``cli``)."""
 
 from __future__ import annotations
 
@@ -68,11 +71,10 @@ def test_set_errors(pair, sops_bin, enclave_bin, base_env):
     assert ours.read_bytes() == before
 
 
-def test_set_idempotent_does_not_write(pair, enclave_bin, base_env):
+def test_set_idempotent_does_not_write(pair, cli, base_env):
     ours, _ = pair
     before = ours.read_bytes()
-    p = run(enclave_bin + ["set", "--idempotent", str(ours), '["app"]["user"]', '"admin"'],
-            base_env)
+    p = cli(["set", "--idempotent", str(ours), '["app"]["user"]', '"admin"'], base_env)
     assert p.returncode == 0
     assert ours.read_bytes() == before
 
@@ -120,9 +122,9 @@ def test_rotate_matches_sops(pair, sops_bin, enclave_bin, base_env, age_key):
     assert run([sops_bin, "decrypt", str(ours)], base_env).returncode == 128
 
 
-def test_legacy_rotate_flag(pair, sops_bin, enclave_bin, base_env):
+def test_legacy_rotate_flag(pair, cli, base_env):
     ours, _ = pair
-    p = run(enclave_bin + ["-r", str(ours)], base_env)
+    p = cli(["-r", str(ours)], base_env)
     assert p.returncode == 0, p.stderr
     assert b"sops:" in p.stdout and p.stdout != ours.read_bytes()
 
@@ -225,11 +227,11 @@ def test_exec_file_removes_temp_dir(flat, tmp_path, enclave_bin, base_env):
     assert not os.path.exists(path)
 
 
-def test_exec_bad_mac_exit_51(flat, enclave_bin, base_env):
+def test_exec_bad_mac_exit_51(flat, cli, base_env):
     data = flat.read_bytes()
     flat.write_bytes(re.sub(rb"lastmodified: \"[^\"]+\"", b'lastmodified: "2001-01-01T00:00:00Z"',
                             data))
-    p = run(enclave_bin + ["exec-env", str(flat), "true"], base_env)
+    p = cli(["exec-env", str(flat), "true"], base_env)  # refused before any child starts
     assert p.returncode == 51
 
 

@@ -8,7 +8,11 @@ imports included), with no exceptions listed:
    ``config``, the key service, image tooling or the dev stand-ins;
 3. nothing imports ``sops_enclave.devtools`` but the dev stand-ins themselves and the ``dev``
    command (tests, fixtures and bench are outside the package);
-4. no module imports a private name (or private module) of another subpackage.
+4. no module imports a private name (or private module) of another subpackage;
+5. the command line has no import cycles: nothing but ``__main__`` imports ``cli`` (the
+   commands take what they share with it from ``cmdline``), and no cycle of imports passes
+   through a command-line module (``cli``, ``cmdline``, ``commands``, ``publish``,
+   ``completion``, ``config``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ ENCLAVE_MAY_IMPORT = CORE + (
     "sops_enclave.receipt.builder", "sops_enclave.receipt.statement", "sops_enclave.receipt.dsse",
     "sops_enclave.receipt.cose", "sops_enclave.pack.manifest", "sops_enclave.pack.gitobjects",
     "sops_enclave.pack.enclave_policy", "sops_enclave.pack.sshsig")
-ENCLAVE_NEVER = ("sops_enclave.cli", "sops_enclave.commands", "sops_enclave.api",
+ENCLAVE_NEVER = ("sops_enclave.cli", "sops_enclave.cmdline", "sops_enclave.commands",
+                 "sops_enclave.api",
                  "sops_enclave.config", "sops_enclave.keyservice",
                  "sops_enclave.image", "sops_enclave.devtools", "sops_enclave.pack.host",
                  "sops_enclave.receipt.cli", "sops_enclave.receipt.verifier")
 DEVTOOLS_USERS = ("sops_enclave.devtools", "sops_enclave.commands")
+#: The command line: parsing argv, the command table and the commands, and ``.sops.yaml``.
+COMMAND_LINE = ("sops_enclave.cli", "sops_enclave.cmdline", "sops_enclave.commands",
+                "sops_enclave.publish", "sops_enclave.completion", "sops_enclave.config")
 #: The program in the image (``enclave/bundle.py`` beside it is a host-side build tool).
 ENCLAVE_PROGRAM = ("sops_enclave.enclave", "sops_enclave.enclave.app",
                    "sops_enclave.enclave.executor", "sops_enclave.enclave.nsm",
@@ -126,4 +134,78 @@ def test_import_rules(rule):
                 if private and _subpackage(mod) != _subpackage(name) \
                         and not mod.startswith(_subpackage(name) + "."):
                     bad.append(where)
+    assert bad == [], "\n".join(bad)
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (function-level imports included)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        deps = set()
+        for mod, _, _ in _imports(name, path):
+            while mod and mod not in MODULES:
+                mod = mod.rpartition(".")[0]
+            if mod and mod != name:
+                deps.add(mod)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_nothing_imports_the_cli():
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {mod}"
+           for name, path in sorted(MODULES.items()) if name != "sops_enclave.__main__"
+           for mod, _, line in _imports(name, path) if _under(mod, ("sops_enclave.cli",))]
+    assert bad == [], "\n".join(bad)
+
+
+def test_no_import_cycle_through_the_command_line():
+    bad = [" -> ".join(c) for c in _cycles(_graph())
+           if any(_under(m, COMMAND_LINE) for m in c)]
     assert bad == [], "\n".join(bad)

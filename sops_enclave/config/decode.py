@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import yaml
 
@@ -98,7 +98,7 @@ def _scalar(node: yaml.ScalarNode) -> tuple[str, Any]:
     rtag = _tag_of(resolved)
     if explicit and explicit != rtag:
         if explicit == "!!float" and rtag == "!!int":
-            return "!!float", float(resolved)
+            return "!!float", float(cast(int, resolved))
         if explicit == "!!timestamp" and rtag == "!!str":
             ts = timestamp_text(value)
             if ts is not None:

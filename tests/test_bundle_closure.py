@@ -17,7 +17,8 @@ from sops_enclave.image.measure import (bundle_from, default_bundle, enclave_mod
                                         installed_roots, measure_bundle)
 
 ROOT = Path(__file__).resolve().parents[1]
-NEVER_IN_IMAGE = ("sops_enclave/cli.py", "sops_enclave/cmdline.py", "sops_enclave/commands.py", "sops_enclave/__main__.py",
+NEVER_IN_IMAGE = ("sops_enclave/cli.py", "sops_enclave/cmdline.py", "sops_enclave/commands.py",
+                  "sops_enclave/__main__.py",
                   "sops_enclave/receipt/cli.py", "sops_enclave/image/cli.py",
                   "sops_enclave/keyservice/", "sops_enclave/devtools/", "sops_enclave/api.py",
                   "sops_enclave/pack/host.py", "sops_enclave/enclave/bundle.py",

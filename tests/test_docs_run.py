@@ -170,8 +170,11 @@ def _workdir(tmp: Path) -> Path:
 
 
 def _env(work: Path) -> dict[str, str]:
+    # A reader's shell: nothing of ours, and not a sub-make of `make test` (make would print
+    # "Entering directory" lines that the reader does not see).
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "SOPS_", "XDG_", "GIT_", "GNUPG", "PYTEST"))}
+           if not k.startswith(("AWS_", "SOPS_", "XDG_", "GIT_", "GNUPG", "PYTEST"))
+           and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
     env.update(HOME=str(work / "home"), LANG="C.UTF-8", LC_ALL="C.UTF-8", TZ="UTC",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHON=sys.executable, GIT_CONFIG_NOSYSTEM="1", PAGER="cat",

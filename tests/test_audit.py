@@ -10,10 +10,8 @@ import base64
 import copy
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -22,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run
+from pack_world import git, policy_world
 
 TOOL = [sys.executable, "-m", "sops_enclave"]
-ROLE = "arn:aws:iam::123456789012:role/ci-host"
-ADMIN = "arn:aws:iam::123456789012:role/kms-admin"
 # A principal full of Markdown and HTML: every report must show it as text.
 PRINCIPAL = "re|`l`*<b>ease</b>@example.com"
 ORIGIN = "https://git.example.com/<img src=x onerror=alert(1)>|[x](javascript:alert(1))"
@@ -44,43 +41,12 @@ outputs:
 """
 
 
-def git(repo: Path, *args: str, key: Path | None = None) -> bytes:
-    env = dict(os.environ, GIT_AUTHOR_NAME="Release", GIT_AUTHOR_EMAIL="release@example.com",
-               GIT_COMMITTER_NAME="Release", GIT_COMMITTER_EMAIL="release@example.com",
-               GIT_CONFIG_NOSYSTEM="1", HOME=str(repo))
-    cfg = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}"] if key else []
-    return subprocess.run(["git", *cfg, "-C", str(repo), *args], check=True,
-                          capture_output=True, env=env).stdout
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, base_env):
-    if not shutil.which("ssh-keygen"):
-        pytest.skip("ssh-keygen is not installed (apt-get install openssh-client)")
-    import boto3
-
-    from sops_enclave.devtools.devstack import DevStack, dev_pcrs
-    from sops_enclave.image.policy import key_policy
-
     tmp = tmp_path_factory.mktemp("audit")
-    key = tmp / "release-key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "release",
-                    "-f", str(key)], check=True, capture_output=True)
-    signer = " ".join(Path(f"{key}.pub").read_text().split()[:2])
-    ca = tmp / "dev-ca"
-    stack = DevStack(ca_dir=str(ca)).start()
-    try:
-        kms = boto3.client("kms", region_name="us-east-1", endpoint_url=stack.url,
-                           aws_access_key_id="kms-admin", aws_secret_access_key="kms-admin")
-        gated = kms.create_key(Description="inputs")["KeyMetadata"]["Arn"]
-        runtime = kms.create_key(Description="runtime")["KeyMetadata"]["Arn"]
-        policy = tmp / "enclave-policy.yaml"
-        policy.write_text(f'version: 1\ncommit_signers:\n  - "{PRINCIPAL} {signer}"\n'
-                          f'outputs:\n  kms: ["{runtime}"]\ninputs:\n  kms: ["{gated}"]\n')
-        pcr0 = dev_pcrs(policy.read_bytes())[0].hex()
-        kms.put_key_policy(KeyId=gated, PolicyName="default", Policy=json.dumps(
-            key_policy(pcr0, role_arn=ROLE, admin_arns=[ADMIN])))
-        env = dict(base_env, **stack.env(), SOPS_ENCLAVE_DEV_CA_DIR=str(ca))
+    with policy_world(tmp, base_env, principal=PRINCIPAL) as w:
+        env, gated, runtime, key = w["env"], w["gated"], w["runtime"], w["key"]
+        policy, pcr0 = w["policy"], w["pcr0"]
         repo = tmp / "repo"
         (repo / "secrets").mkdir(parents=True)
         for name, text in (("common", b"db:\n    host: db.internal\n"),
@@ -100,8 +66,6 @@ def world(tmp_path_factory, base_env):
         assert p.returncode == 0, p.stderr
         yield {"env": env, "repo": repo, "pcr0": pcr0, "policy": policy, "gated": gated,
                "runtime": runtime, "commit": git(repo, "rev-parse", "HEAD").decode().strip()}
-    finally:
-        stack.stop()
 
 
 OUTPUTS = ["deploy/api/prod.enc.json", "deploy/api/staging.enc.json",

@@ -298,18 +298,18 @@ def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Calla
     repository = _check_repository(request.get("repository"))
     commit = request["commit"]
     objects = gitobjects.GitBundle.from_wire(request["git"]).objects
-    # (1) the commit is signed by an allowed signer (checked over the bytes whose id we verify).
-    found = gitobjects.verify_paths(objects, commit, [])
-    del found
-    signer = _signer(objects, commit, policy)
-    # (2) the manifest path is the policy's, never the host's choice.
+    # (1) the manifest path is the policy's, never the host's choice.
     asked = request.get("manifest_path") or DEFAULT_MANIFEST_PATH
     manifest_path = policy.manifest_path if policy is not None else asked
     if asked != manifest_path:
         raise PackError(f"the enclave policy fixes the manifest at {manifest_path}, "
                         f"not {asked}")
+    # Every object id is recomputed here, the commit's included...
     found = gitobjects.verify_paths(objects, commit, [manifest_path])
     manifest_blob, manifest_bytes = found[manifest_path]
+    # (2) ...so the signature is checked over the commit bytes whose id we verified, and
+    # before the manifest is read.
+    signer = _signer(objects, commit, policy)
     manifest = load_manifest(manifest_bytes, manifest_path)
 
     # Which inputs exist is proven by the trees: required ones must be there, optional ones

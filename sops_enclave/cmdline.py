@@ -310,6 +310,23 @@ def has_config_file(start: str) -> bool:
     return False
 
 
+def config_and_files(ctx: Ctx) -> tuple[str, list[str]]:
+    """What ``updatekeys`` and ``publish`` both start with, as sops: the config file
+    (``--config``, ``$SOPS_CONFIG``, else looked up from the cwd) and at least one file."""
+    from sops_enclave import config as cfgmod
+    from sops_enclave.errors import NoFileSpecified
+
+    config_path = ctx.get("config") or ctx.env.get("SOPS_CONFIG")
+    if not config_path:
+        config_path = cfgmod.find_config(ctx.cwd)
+        if not config_path:
+            raise SopsError("config file not found")
+    files = ctx.get("files") or []
+    if not files:
+        raise NoFileSpecified("Error: no file specified")
+    return config_path, files
+
+
 def abs_path(path: str, cwd: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(cwd, path))
 

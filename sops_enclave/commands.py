@@ -869,17 +869,11 @@ def _updatekeys_file(ctx, given: str, config_path: str, threshold_flag: int) -> 
 def do_updatekeys(ctx) -> int:
     """sops' ``updatekeys``: one file's error is the command's; with several files each
     error is logged and the count reported at the end."""
-    from sops_enclave import config as cfgmod
-    from sops_enclave.errors import NoFileSpecified, logrus_line
+    from sops_enclave.errors import logrus_line
 
-    config_path = ctx.get("config") or ctx.env.get("SOPS_CONFIG")
-    if not config_path:
-        config_path = cfgmod.find_config(ctx.cwd)
-        if not config_path:
-            raise SopsError("config file not found")
-    files = ctx.get("files") or []
-    if not files:
-        raise NoFileSpecified("Error: no file specified")
+    from sops_enclave.cmdline import config_and_files
+
+    config_path, files = config_and_files(ctx)
     # sops reads c.Int("shamir-secret-sharing-threshold") in a command that defines no such
     # flag: always 0, so the file's own threshold is kept (capped at the number of groups)
     threshold = 0

@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any
 
-from sops_enclave.errors import NoFileSpecified, SopsError
+from sops_enclave.errors import SopsError
 
 __all__ = ["parser", "handle", "Destination", "destination_for"]
 
@@ -409,14 +409,9 @@ def handle(ctx) -> int:
     from sops_enclave import config as cfgmod
     from sops_enclave.errors import LoggedFatal, go_errno_text
 
-    config_path = ctx.get("config") or ctx.env.get("SOPS_CONFIG")
-    if not config_path:
-        config_path = cfgmod.find_config(ctx.cwd)
-        if not config_path:
-            raise SopsError("config file not found")
-    files = ctx.get("files") or []
-    if not files:
-        raise NoFileSpecified("Error: no file specified")
+    from sops_enclave.cmdline import config_and_files
+
+    config_path, files = config_and_files(ctx)
     if len(files) > 1:
         from sops_enclave.cmdline import warn
 

@@ -515,3 +515,19 @@ def test_bundle_measures_the_policy(world, tmp_path):
 
     with tarfile.open(tmp_path / "a.tar") as t:
         assert t.extractfile(BUNDLE_PATH).read() == world["policy"].read_bytes()
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"nonce": None}, "nonce"), ({"nonce": b"short"}, "nonce"),
+    ({"repository": "https://x\x1b[8m/prod.git"}, "control characters"),
+    ({"repository": ""}, "repository"), ({"repository": "r" * 2000}, "repository")])
+def test_request_fields_the_host_asserts_are_checked(change, reason):
+    """A request without a usable nonce (receipts would carry no freshness) or with a
+    repository string that could hide text on a terminal is refused before anything else."""
+    from sops_enclave.enclave.executor import PackError, run_pack
+
+    req = {"nonce": os.urandom(32), "repository": "https://example.com/r.git",
+           "commit": "0" * 40, "git": {}}
+    req.update(change)
+    with pytest.raises(PackError, match=reason):
+        run_pack(req, nsm=None, kms_client_factory=None, dev=True, policy=None)

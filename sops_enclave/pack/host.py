@@ -431,15 +431,12 @@ def _open_dir_nofollow(root_fd: int, parts: Sequence[str], rel: str) -> int:
         raise
 
 
-def write_all_atomically(items: Sequence[tuple[str, bytes]], root: str | None = None) -> None:
+def write_all_atomically(items: Sequence[tuple[str, bytes]], *, root: str) -> None:
     """Write every file or none: all temporaries first, then renames, rolled back on failure.
 
-    With ``root`` (the repository), paths are relative to it and resolved without following
-    any symbolic link (directories or the file itself). An existing file keeps its mode; new
+    Paths are relative to ``root`` (the repository) and resolved without following any
+    symbolic link (directories or the file itself). An existing file keeps its mode; new
     files are 0644."""
-    if root is None:
-        items = [(os.path.abspath(p), d) for p, d in items]
-        root = "/"
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
@@ -450,7 +447,7 @@ def write_all_atomically(items: Sequence[tuple[str, bytes]], root: str | None = 
     try:
         try:
             for rel, data in items:
-                parts = _safe_parts(rel.lstrip("/") if root == "/" else rel)
+                parts = _safe_parts(rel)
                 dfd = _open_dir_nofollow(root_fd, parts[:-1], rel)
                 fds.append(dfd)
                 name = parts[-1]

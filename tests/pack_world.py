@@ -30,8 +30,10 @@ def git(repo: Path, *args: str, key: Path | None = None) -> bytes:
 
 @contextmanager
 def policy_world(tmp: Path, base_env: dict[str, str],
-                 principal: str = "release@example.com") -> Iterator[dict[str, Any]]:
-    """Yields ``{stack, env, gated, runtime, policy, key, tmp, pcr0}``; stops the stack after."""
+                 principal: str = "release@example.com",
+                 extra_outputs: str = "") -> Iterator[dict[str, Any]]:
+    """Yields ``{stack, env, gated, runtime, policy, key, tmp, pcr0}``; stops the stack after.
+    ``extra_outputs``: more lines of the policy's ``outputs`` section (indented by two)."""
     if not shutil.which("ssh-keygen"):
         pytest.skip("ssh-keygen is not installed (apt-get install openssh-client)")
     import boto3
@@ -52,7 +54,8 @@ def policy_world(tmp: Path, base_env: dict[str, str],
         runtime = kms.create_key(Description="runtime")["KeyMetadata"]["Arn"]
         policy = tmp / "enclave-policy.yaml"
         policy.write_text(f'version: 1\ncommit_signers:\n  - "{principal} {signer}"\n'
-                          f'outputs:\n  kms: ["{runtime}"]\ninputs:\n  kms: ["{gated}"]\n')
+                          f'outputs:\n  kms: ["{runtime}"]\n{extra_outputs}'
+                          f'inputs:\n  kms: ["{gated}"]\n')
         pcr0 = dev_pcrs(policy.read_bytes())[0].hex()
         kms.put_key_policy(KeyId=gated, PolicyName="default", Policy=json.dumps(
             key_policy(pcr0, role_arn=ROLE, admin_arns=[ADMIN])))

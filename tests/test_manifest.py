@@ -349,6 +349,20 @@ E = [
     (one(encrypt=f"{{kms: [{ARN}, {ARN}]}}"), "outputs[0].encrypt.kms[1]: "),
     (one(encrypt=f"{{age: [{AGE}, {AGE}]}}"), "outputs[0].encrypt.age[1]: "),
     (one(encrypt="{age: [bob]}"), "outputs[0].encrypt.age[0]: 'bob' is not an age recipient"),
+    (one(encrypt="{hc_vault: []}"), "outputs[0].encrypt: no keys: give KMS key ARNs (kms), "
+                                    "age recipients (age) or Vault transit key URIs (hc_vault)"),
+    (one(encrypt="{hc_vault: ['vault:8200/v1/transit/keys/k']}"),
+     "outputs[0].encrypt.hc_vault[0]: 'vault:8200/v1/transit/keys/k' is not a Vault transit "
+     "key URI (the address must be http(s)://HOST[:PORT] with no query)"),
+    (one(encrypt="{hc_vault: ['v.example/v1/transit/keys/k']}"),
+     "is not a Vault transit key URI (missing scheme in Vault URL"),
+    (one(encrypt="{hc_vault: ['https://v/v1//transit/keys/k']}"),
+     "outputs[0].encrypt.hc_vault[0]: 'https://v/v1//transit/keys/k' is not a Vault transit "
+     "key URI (vault path does not seem"),
+    (one(encrypt="{hc_vault: ['https://v/v1/transit/keys/k', 'https://v/v1/transit/keys/k']}"),
+     "outputs[0].encrypt.hc_vault[1]: 'https://v/v1/transit/keys/k' is listed twice"),
+    (one(top="matrix: {env: [a]}\n", encrypt="{hc_vault: ['https://v/v1/transit/keys/{k}']}"),
+     "outputs[0].encrypt.hc_vault[0]: placeholder {k} names no matrix variable"),
     # extract
     (one(inputs="[{file: a, extract: a}]"), "outputs[0].inputs[0].extract: 'a' is not an "
                                             "extract path"),
@@ -402,6 +416,19 @@ def test_invalid_arns_are_refused(arn):
 ])
 def test_valid_arns_are_accepted(arn):
     assert load(one(encrypt=f"{{kms: [{arn!r}]}}")).outputs[0].encrypt.kms == [arn]
+
+
+def test_vault_transit_outputs_expand_and_are_described():
+    m = load(one(top="matrix: {env: [prod, dev]}\n", target="t-{env}",
+                 path="out/{env}.yaml",
+                 encrypt="{hc_vault: ['https://vault.example.com:8200/v1/transit/keys/{env}'], "
+                         f"kms: [{ARN}]}}"))
+    assert [o.encrypt.hc_vault for o in m.outputs] == [
+        ["https://vault.example.com:8200/v1/transit/keys/prod"],
+        ["https://vault.example.com:8200/v1/transit/keys/dev"]]
+    assert [o.encrypt.kms for o in m.outputs] == [[ARN], [ARN]]
+    assert "  hc_vault https://vault.example.com:8200/v1/transit/keys/dev" in \
+        m.describe(m.outputs)
 
 
 def test_duplicate_targets_after_expansion():

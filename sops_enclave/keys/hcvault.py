@@ -44,7 +44,7 @@ from typing import Any, Mapping
 from sops_enclave.errors import KeyMismatch, SopsError, go_errno_text
 from sops_enclave.keys.base import KeyUnavailable
 
-__all__ = ["parse_uri", "wrap", "unwrap", "vault_token", "KEY_TYPE"]
+__all__ = ["parse_uri", "canonical_uri", "wrap", "unwrap", "vault_token", "KEY_TYPE"]
 
 _PREFIXED = re.compile(r"/[^/]+/v[\d]+/[^/]+/[^/]+/[^/]+")
 _WELL_FORMED = re.compile(r"/v[\d]+/[^/]+/[^/]+/[^/]+")
@@ -90,6 +90,17 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     return address, engine, key_name
 
 
+def canonical_uri(uri: str) -> str:
+    """The key URI rebuilt from its parsed parts (``ADDRESS/v1/ENGINE/keys/NAME``), as the
+    metadata names the key; :class:`SopsError` when sops would not read it or it names no
+    host. The enclave policy and the manifest compare these strings exactly."""
+    address, engine, name = parse_uri(uri)
+    u = urllib.parse.urlsplit(address)
+    if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
+        raise SopsError("the address must be http(s)://HOST[:PORT] with no query")
+    return f"{address}/v1/{engine}/keys/{name}"
+
+
 def _home(env: Mapping[str, str]) -> str:
     home = env.get("HOME", "")
     if home:
@@ -122,7 +133,9 @@ def _truthy(v: str) -> bool:
     return v.strip().lower() in ("1", "t", "true")
 
 
-def _ssl_context(env: Mapping[str, str]) -> ssl.SSLContext:
+def _ssl_context(env: Mapping[str, str], cadata: str | None = None) -> ssl.SSLContext:
+    if cadata is not None:  # the enclave: exactly these CAs, nothing from the environment
+        return ssl.create_default_context(cadata=cadata)
     ctx = ssl.create_default_context()
     cacert, capath = env.get("VAULT_CACERT", ""), env.get("VAULT_CAPATH", "")
     if cacert or capath:
@@ -158,7 +171,7 @@ def _no_proxy(host: str, env: Mapping[str, str]) -> bool:
     return False
 
 
-def _opener(url: str, env: Mapping[str, str]):
+def _opener(url: str, env: Mapping[str, str], cadata: str | None = None):
     parts = urllib.parse.urlsplit(url)
     proxies: dict[str, str] = {}
     if not _no_proxy(parts.hostname or "", env):
@@ -168,7 +181,7 @@ def _opener(url: str, env: Mapping[str, str]):
                 proxies[scheme] = p
     handlers: list[Any] = [urllib.request.ProxyHandler(proxies)]
     if parts.scheme == "https":
-        handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(env)))
+        handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(env, cadata)))
     return urllib.request.build_opener(*handlers)
 
 
@@ -213,7 +226,8 @@ def _response_error(method: str, url: str, code: int, body: bytes) -> _GoError:
                     f"Errors:\n\n{text}", retry=retry, mine=mine)
 
 
-def _write(address: str, path: str, payload: dict, env: Mapping[str, str]) -> dict:
+def _write(address: str, path: str, payload: dict, env: Mapping[str, str],
+           cadata: str | None = None) -> dict:
     """``client.Logical().Write(path, payload)``: the ``data`` of Vault's answer."""
     url = address.rstrip("/") + "/v1/" + path
     token = vault_token(env)
@@ -228,7 +242,7 @@ def _write(address: str, path: str, payload: dict, env: Mapping[str, str]) -> di
     except ValueError:
         retries = 2
     timeout = _duration(env.get("VAULT_CLIENT_TIMEOUT", ""), 60.0)
-    opener = _opener(url, env)
+    opener = _opener(url, env, cadata)
     attempt = 0
     while True:
         req = urllib.request.Request(url, data=body, headers=headers, method="PUT")
@@ -264,11 +278,14 @@ def _engine_path(engine: str, op: str, key: str) -> str:
 
 
 def wrap(data_key: bytes, address: str, engine: str, key_name: str,
-         env: Mapping[str, str]) -> str:
+         env: Mapping[str, str], *, cadata: str | None = None) -> str:
+    """Encrypt ``data_key`` with the transit key; ``cadata`` (PEM) replaces every TLS trust
+    setting of ``env`` (the enclave passes its policy's CAs)."""
     path = _engine_path(engine, "encrypt", key_name)
     pre = f"failed to encrypt sops data key to Vault transit backend '{path}': "
     try:
-        data = _write(address, path, {"plaintext": base64.b64encode(data_key).decode()}, env)
+        data = _write(address, path, {"plaintext": base64.b64encode(data_key).decode()}, env,
+                      cadata)
         ct = data.get("ciphertext")
         if ct is None:
             raise _GoError("no encrypted data", mine=False)

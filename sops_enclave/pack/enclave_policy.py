@@ -11,6 +11,10 @@ both. The enclave enforces it on every run, before any KMS call::
     outputs:                   # every recipient of every output must match one of these
       kms: ["arn:aws:kms:eu-west-1:111122223333:key/*"]   # exact ARNs or trailing-* patterns
       age: ["age1..."]                                    # exact recipients
+      hc_vault: ["https://vault.example.com:8200/v1/transit/keys/runtime"]  # exact key URIs
+      hc_vault_ca: |           # optional: the only CAs the enclave trusts for those Vault
+        -----BEGIN CERTIFICATE-----    # servers (default: the image's CA bundle)
+        ...
     inputs:
       kms: ["arn:aws:kms:eu-west-1:111122223333:key/abcd-..."]   # data keys only from these
     allow_host_age: false      # dev enclave only: inputs may be opened with host age keys
@@ -157,6 +161,35 @@ def _arn_patterns(v: Any, where: str) -> tuple[str, ...]:
     return pats
 
 
+def _vault_uris(v: Any, where: str) -> tuple[str, ...]:
+    from ..keys.hcvault import canonical_uri
+
+    uris = _strings(v, where)
+    for u in uris:
+        try:
+            ok = canonical_uri(u) == u
+        except SopsError:
+            ok = False
+        if not ok:
+            raise EnclavePolicyError(f"{where}: {u!r} is not a Vault transit key URI written "
+                                     "as http(s)://HOST[:PORT]/v1/ENGINE/keys/NAME")
+    return uris
+
+
+def _ca_bundle(v: Any, where: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or "-----BEGIN CERTIFICATE-----" not in v:
+        raise EnclavePolicyError(f"{where}: must be PEM certificates")
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(v.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as e:
+        raise EnclavePolicyError(f"{where}: the certificates cannot be read: {e}") from None
+    return v
+
+
 def _arn_matches(arn: str, patterns: Sequence[str]) -> bool:
     return any(arn == p or (p.endswith("*") and arn.startswith(p[:-1])) for p in patterns)
 
@@ -172,6 +205,9 @@ class EnclavePolicy:
     output_age: tuple[str, ...]
     input_kms: tuple[str, ...]
     allow_host_age: bool
+    output_hc_vault: tuple[str, ...] = ()
+    #: PEM CA certificates for the Vault servers' TLS, or None (the image's CA bundle).
+    hc_vault_ca: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -190,7 +226,8 @@ class EnclavePolicy:
         raise EnclavePolicyError(f"the commit is signed by {key_fingerprint(sig.public_key)}, "
                                  "which is not among the policy's commit_signers")
 
-    def check_output(self, target: str, kms: Sequence[str], age: Sequence[str]) -> None:
+    def check_output(self, target: str, kms: Sequence[str], age: Sequence[str],
+                     hc_vault: Sequence[str] = ()) -> None:
         """Refuse an output any of whose recipients the policy does not list."""
         for arn in kms:
             if not _arn_matches(arn, self.output_kms):
@@ -200,6 +237,10 @@ class EnclavePolicy:
             if r not in self.output_age:
                 raise EnclavePolicyError(f"target {target}: age recipient {r} is not allowed "
                                          "by the enclave policy (outputs.age)")
+        for u in hc_vault:
+            if u not in self.output_hc_vault:
+                raise EnclavePolicyError(f"target {target}: Vault transit key {u} is not "
+                                         "allowed by the enclave policy (outputs.hc_vault)")
 
     def input_kms_allowed(self, arn: str) -> bool:
         return _arn_matches(arn, self.input_kms)
@@ -236,19 +277,25 @@ def _build(doc: Any, raw: bytes) -> EnclavePolicy:
     if not isinstance(manifest, str) or not manifest or manifest.startswith("/") \
             or ".." in manifest.split("/") or "" in manifest.split("/"):
         raise EnclavePolicyError("manifest must be a relative path in the repository")
-    outputs = _section(doc, "outputs", {"kms", "age"})
+    outputs = _section(doc, "outputs", {"kms", "age", "hc_vault", "hc_vault_ca"})
     inputs = _section(doc, "inputs", {"kms"})
     out_kms = _arn_patterns(outputs.get("kms"), "outputs.kms")
     out_age = _strings(outputs.get("age"), "outputs.age")
     for r in out_age:
         if not r.startswith("age1") or fnmatch.fnmatch(r, "*[*?]*"):
             raise EnclavePolicyError(f"outputs.age: {r!r} is not an age recipient")
-    if not out_kms and not out_age:
-        raise EnclavePolicyError("outputs must allow at least one KMS key or age recipient")
+    out_vault = _vault_uris(outputs.get("hc_vault"), "outputs.hc_vault")
+    vault_ca = _ca_bundle(outputs.get("hc_vault_ca"), "outputs.hc_vault_ca")
+    if vault_ca is not None and not out_vault:
+        raise EnclavePolicyError("outputs.hc_vault_ca: there is no outputs.hc_vault key")
+    if not out_kms and not out_age and not out_vault:
+        raise EnclavePolicyError("outputs must allow at least one KMS key, age recipient or "
+                                 "Vault transit key")
     host_age = doc.get("allow_host_age", False)
     if not isinstance(host_age, bool):
         raise EnclavePolicyError("allow_host_age must be true or false")
     return EnclavePolicy(raw=bytes(raw), signers=signers, manifest_path=manifest,
                          output_kms=out_kms, output_age=out_age,
                          input_kms=_arn_patterns(inputs.get("kms"), "inputs.kms"),
-                         allow_host_age=host_age)
+                         allow_host_age=host_age, output_hc_vault=out_vault,
+                         hc_vault_ca=vault_ca)

@@ -221,6 +221,8 @@ def build_request(opts: ExecOptions, commit: str, plans, env: Mapping[str, str],
                  "targets": list(opts.targets), "nonce": os.urandom(32),
                  "repository": opts.repository_name or _origin(opts.repo)}
     req["aws"] = _credentials(env)
+    if any(p.encrypt.hc_vault for p in plans):
+        req["hc_vault"] = _vault_credentials(env)
     if dev:
         if env.get("AWS_ENDPOINT_URL_KMS") or env.get("AWS_ENDPOINT_URL"):
             req["kms_endpoint"] = env.get("AWS_ENDPOINT_URL_KMS") or env.get("AWS_ENDPOINT_URL")
@@ -242,6 +244,22 @@ def plan_all_inputs(opts: ExecOptions, commit: str):
 def _origin(repo: str) -> str:
     p = subprocess.run(["git", "-C", repo, "remote", "get-url", "origin"], capture_output=True)
     return p.stdout.decode().strip() if p.returncode == 0 else os.path.basename(os.path.abspath(repo))
+
+
+def _vault_credentials(env: Mapping[str, str]) -> dict:
+    """The Vault token for outputs encrypted to a transit key, found as sops finds it
+    (``VAULT_TOKEN``, else ``~/.vault-token``), and ``VAULT_NAMESPACE``. It only lets the
+    enclave call Vault: the server and key come from the enclave policy."""
+    from sops_enclave.keys.hcvault import vault_token
+
+    token = vault_token(env)
+    if not token:
+        raise EnclaveError("an output is encrypted to a Vault transit key and no Vault token "
+                           "is set: export VAULT_TOKEN (or write ~/.vault-token)")
+    out = {"token": token}
+    if env.get("VAULT_NAMESPACE"):
+        out["namespace"] = env["VAULT_NAMESPACE"]
+    return out
 
 
 def _credentials(env: Mapping[str, str]) -> dict:

@@ -87,6 +87,8 @@ class EncryptSpec:
     kms: list[str] = field(default_factory=list)
     encryption_context: dict[str, str] = field(default_factory=dict)
     age: list[str] = field(default_factory=list)
+    #: HashiCorp Vault / OpenBao transit key URIs (``https://HOST:8200/v1/ENGINE/keys/NAME``).
+    hc_vault: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -200,10 +202,24 @@ class Manifest:
                                                         ensure_ascii=False))
             for r in p.encrypt.age:
                 lines.append(f"  age      {r}")
+            for u in p.encrypt.hc_vault:
+                lines.append(f"  hc_vault {u}")
         return "\n".join(lines)
 
     def _source(self, i: int) -> int:
         return self.sources[i] if i < len(self.sources) else i
+
+
+def _vault_uri_problem(uri: str) -> str:
+    """Why ``uri`` is not a Vault transit key URI as sops reads it (``""``: it is one)."""
+    from ..keys.hcvault import canonical_uri
+
+    try:
+        if canonical_uri(uri) != uri:
+            return "write it as http(s)://HOST[:PORT]/v1/ENGINE/keys/NAME"
+    except SopsError as e:
+        return e.message
+    return ""
 
 
 def _describe_input(ref: InputRef) -> str:
@@ -330,7 +346,7 @@ _HIDDEN = frozenset(("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
 _TOP_KEYS = ("version", "matrix", "outputs")
 _OUTPUT_KEYS = ("target", "path", "format", "inputs", "encrypt")
 _INPUT_KEYS = ("file", "extract", "optional")
-_ENCRYPT_KEYS = ("kms", "encryption_context", "age")
+_ENCRYPT_KEYS = ("kms", "encryption_context", "age", "hc_vault")
 
 # A template: literal text and variable names, in order.
 _Template = tuple[tuple[bool, str], ...]
@@ -395,6 +411,7 @@ class _RawOutput:
     kms: list[_Template]
     context: list[tuple[str, _Template]]
     age: list[_Template]
+    hc_vault: list[_Template]
     variables: list[str]
 
 
@@ -547,6 +564,8 @@ class _Checker:
                for k, v in enumerate(self.seq(enc.get("kms", []), f"{ew}.kms"))]
         age = [self.template(v, f"{ew}.age[{k}]")
                for k, v in enumerate(self.seq(enc.get("age", []), f"{ew}.age"))]
+        vault = [self.template(v, f"{ew}.hc_vault[{k}]")
+                 for k, v in enumerate(self.seq(enc.get("hc_vault", []), f"{ew}.hc_vault"))]
         context: list[tuple[str, _Template]] = []
         ctx = enc.get("encryption_context", {})
         if not isinstance(ctx, dict):
@@ -558,17 +577,18 @@ class _Checker:
                 raise self.fail(f"{ew}.encryption_context",
                                 f"key {key!r}: placeholders are allowed in values only")
             context.append((key, self.template(v, f"{ew}.encryption_context.{key}")))
-        if not kms and not age:
-            raise self.fail(ew, "no keys: give KMS key ARNs (kms) or age recipients (age)")
+        if not kms and not age and not vault:
+            raise self.fail(ew, "no keys: give KMS key ARNs (kms), age recipients (age) or "
+                                "Vault transit key URIs (hc_vault)")
         if context and not kms:
             raise self.fail(f"{ew}.encryption_context", "is only used with kms keys, and "
                                                         "there are none")
-        used = {name for t in [target, path, *kms, *age, *(t for _, t in context),
+        used = {name for t in [target, path, *kms, *age, *vault, *(t for _, t in context),
                                *(r.file for r in inputs),
                                *(r.extract for r in inputs if r.extract is not None)]
                 for is_var, name in t if is_var}
         variables = [n for n in self.matrix if n in used]
-        return _RawOutput(i, target, path, fmt, inputs, kms, context, age, variables)
+        return _RawOutput(i, target, path, fmt, inputs, kms, context, age, vault, variables)
 
     def parse_input(self, where: str, v: Any) -> _RawInput:
         if isinstance(v, str):
@@ -652,9 +672,19 @@ class _Checker:
             if rec in age:
                 raise fail(f"{w}.encrypt.age[{k}]", f"{rec!r} is listed twice")
             age.append(rec)
+        vault: list[str] = []
+        for k, t in enumerate(r.hc_vault):
+            uri = _render(t, binding)
+            why = _vault_uri_problem(uri)
+            if why:
+                raise fail(f"{w}.encrypt.hc_vault[{k}]", f"{uri!r} is not a Vault transit key "
+                                                         f"URI ({why})")
+            if uri in vault:
+                raise fail(f"{w}.encrypt.hc_vault[{k}]", f"{uri!r} is listed twice")
+            vault.append(uri)
         context = {k: _render(t, binding) for k, t in r.context}
         fmt = r.format or format_for_path(path)
-        return OutputPlan(target, path, fmt, inputs, EncryptSpec(kms, context, age),
+        return OutputPlan(target, path, fmt, inputs, EncryptSpec(kms, context, age, vault),
                           dict(binding))
 
     def check_collisions(self, plans: list[OutputPlan], sources: list[int]) -> None:

@@ -101,7 +101,7 @@ class AuditItem:
             return []
         kms = [k.get("arn") for k in r.get("kms") or [] if isinstance(k, dict)]
         return [str(x) for x in kms + list(r.get("age") or []) + list(r.get("pgp") or [])
-                if isinstance(x, str)]
+                + list(r.get("hcVault") or []) if isinstance(x, str)]
 
     @property
     def when(self) -> str:

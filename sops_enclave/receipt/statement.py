@@ -166,11 +166,13 @@ class KMSRecipient:
 
 @dataclass(frozen=True)
 class OutputRecipients:
-    """Who can decrypt the output: KMS keys, age recipients, PGP fingerprints."""
+    """Who can decrypt the output: KMS keys, age recipients, PGP fingerprints, Vault transit
+    key URIs."""
 
     kms: tuple[KMSRecipient, ...] = ()
     age: tuple[str, ...] = ()
     pgp: tuple[str, ...] = ()
+    hc_vault: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,8 @@ def build_statement(facts: ReceiptFacts, output_sha256: str, *,
                     "recipients": {
                         "kms": [{"arn": k.arn, "encryptionContext": dict(k.encryption_context)}
                                 for k in r.kms],
-                        "age": list(r.age), "pgp": list(r.pgp)},
+                        "age": list(r.age), "pgp": list(r.pgp),
+                        **({"hcVault": list(r.hc_vault)} if r.hc_vault else {})},
                     "conflicts": [{"key": c.key, "inputs": list(c.inputs), "winner": c.winner}
                                   for c in facts.conflicts],
                     "enclavePolicy": ({"unrestricted": True} if ep is None else

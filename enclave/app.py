@@ -98,14 +98,10 @@ def _load_policy(path: str | None, dev: bool) -> tuple[EnclavePolicy | None, byt
     """``(EnclavePolicy or None, its bytes or None)``. On Nitro the policy is the measured
     file in the image (bundle path ``enclave-policy.yaml`` beside the package) and is
     required; the dev enclave may run without one (an unrestricted run)."""
-    from pathlib import Path
-
-    from sops_enclave.pack.enclave_policy import BUNDLE_PATH, load_enclave_policy
+    from sops_enclave.pack.enclave_policy import image_policy_path, load_enclave_policy
 
     if path is None and not dev:
-        import sops_enclave
-
-        path = str(Path(sops_enclave.__file__).resolve().parent.parent / BUNDLE_PATH)
+        path = image_policy_path()
     if path is None:
         return None, None
     try:

@@ -22,6 +22,12 @@ As the image's command it runs the enclave program as its child::
 
 and exits with the child's status. Without a command it forwards until stopped.
 
+Vault transit outputs: for every distinct ``HOST:PORT`` among the ``https`` URIs of the
+measured enclave policy's ``outputs.hc_vault`` (in the order listed), Vault host ``j`` listens
+on ``127.0.1.(1+j):PORT`` and forwards to vsock port ``8100 + j``; the host runs
+``vsock-proxy 8100+j HOST PORT``. TLS to Vault also ends in the enclave (with the policy's
+``hc_vault_ca``). The routes come from the policy in the image, never from the host.
+
 The forwarder itself is transport-neutral (:class:`Forwarder` takes a ``connect`` callable),
 so tests run it against a TCP or unix-socket stand-in for the vsock-proxy.
 """
@@ -41,13 +47,14 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Forwarder", "Route", "routes_for", "kms_hostname", "vsock_connector",
+__all__ = ["Forwarder", "Route", "routes_for", "vault_routes", "kms_hostname", "vsock_connector",
            "tcp_connector", "unix_connector", "bring_up_loopback", "ensure_hosts_entries",
            "main", "PARENT_CID", "DEFAULT_VSOCK_PORT"]
 
 PARENT_CID = 3                 # the parent instance, always CID 3 as seen from an enclave
 DEFAULT_VSOCK_PORT = 8000      # vsock-proxy's usual port (nitro-enclaves-vsock-proxy.service)
 DEFAULT_LISTEN_PORT = 443
+VAULT_VSOCK_PORT = 8100        # the first Vault host's vsock port (the next ones +1, +2, ...)
 REGIONS_ENV = "SOPS_ENCLAVE_KMS_REGIONS"
 
 _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+$")
@@ -247,6 +254,47 @@ def routes_for(regions: Sequence[str], *, vsock_port: int = DEFAULT_VSOCK_PORT,
             for i, r in enumerate(regions)]
 
 
+def vault_routes(uris: Sequence[str], *, vsock_port: int = VAULT_VSOCK_PORT) -> list[Route]:
+    """Vault host ``j`` (distinct ``HOST:PORT`` of the https ``uris``, in order) ->
+    ``127.0.1.(1+j):PORT`` -> vsock ``vsock_port + j``. http URIs get no route: the enclave
+    refuses them. A host given as an IP address cannot be mapped in ``/etc/hosts``."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    seen: list[tuple[str, int]] = []
+    for uri in uris:
+        u = urlsplit(uri)
+        if u.scheme != "https" or not u.hostname:
+            continue
+        try:
+            ipaddress.ip_address(u.hostname)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"Vault at an IP address ({uri}) cannot be reached from the "
+                             "enclave: name it by a host name its certificate holds")
+        hp = (u.hostname.lower(), u.port or 443)
+        if hp not in seen:
+            seen.append(hp)
+    if len(seen) > 200:
+        raise ValueError("too many Vault hosts")
+    return [Route("vault", h, (f"127.0.1.{1 + j}", port), vsock_port + j)
+            for j, (h, port) in enumerate(seen)]
+
+
+def _policy_vault_uris(path: str) -> list[str]:
+    """The ``outputs.hc_vault`` URIs of the enclave policy at ``path`` (none if the file is
+    absent: the enclave program then refuses to start anyway)."""
+    from sops_enclave.pack.enclave_policy import load_enclave_policy
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return []
+    return list(load_enclave_policy(raw, path).output_hc_vault)
+
+
 # --- boot-time set-up ---------------------------------------------------------------------
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
@@ -322,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vsock-port", type=int, default=DEFAULT_VSOCK_PORT,
                     help="vsock port of the first region (the next regions use +1, +2, ...)")
     ap.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT)
+    ap.add_argument("--vault-vsock-port", type=int, default=VAULT_VSOCK_PORT,
+                    help="vsock port of the first Vault host of the enclave policy")
+    ap.add_argument("--enclave-policy", metavar="FILE",
+                    help="the enclave policy whose outputs.hc_vault hosts get routes "
+                         "(default: the measured one in the image)")
     ap.add_argument("--hosts-file", default="/etc/hosts")
     ap.add_argument("--no-hosts", action="store_true", help="do not write the hosts file")
     ap.add_argument("--no-loopback", action="store_true", help="do not bring up lo")
@@ -334,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         routes = routes_for(regions, vsock_port=args.vsock_port, listen_port=args.listen_port)
     except ValueError as e:
         _log(f"{e} (use --region or ${REGIONS_ENV})")
+        return 2
+    try:
+        from sops_enclave.pack.enclave_policy import image_policy_path
+
+        policy = args.enclave_policy or image_policy_path()
+        routes += vault_routes(_policy_vault_uris(policy), vsock_port=args.vault_vsock_port)
+    except Exception as e:  # noqa: BLE001 - a policy error: one line, then stop
+        _log(f"enclave policy: {getattr(e, 'message', e)}")
         return 2
     forwarders: list[Forwarder] = []
     try:

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import hashlib
 import inspect
+import json
 import os
 import socket
 import struct
@@ -551,6 +552,42 @@ def test_routes_hostnames_and_hosts_file(tmp_path):
     fresh = tmp_path / "none"
     assert kf.ensure_hosts_entries(entries, str(fresh)) is True
     assert fresh.read_text().count("amazonaws.com") == 2
+
+
+def _vault_policy(tmp_path, uris: list[str]):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    p = tmp_path / "enclave-policy.yaml"
+    p.write_text(f'version: 1\ncommit_signers: ["r@example.com {key}"]\n'
+                 f"outputs:\n  hc_vault: {json.dumps(uris)}\n")
+    return p
+
+
+def test_vault_routes_come_from_the_policys_https_hosts(tmp_path):
+    uris = ["https://vault.example.com:8200/v1/transit/keys/a",
+            "https://vault.example.com:8200/v1/team/transit/keys/b",   # same host: one route
+            "http://plain.example.com:8200/v1/transit/keys/c",          # refused by the enclave
+            "https://Vault2.example.com/v1/transit/keys/d"]
+    routes = kf.vault_routes(uris)
+    assert [(r.hostname, r.listen, r.vsock_port) for r in routes] == [
+        ("vault.example.com", ("127.0.1.1", 8200), 8100),
+        ("vault2.example.com", ("127.0.1.2", 443), 8101)]
+    with pytest.raises(ValueError, match="IP address"):
+        kf.vault_routes(["https://10.0.0.5:8200/v1/transit/keys/a"])
+    # main reads them from the enclave policy (the image's by default) and maps the names.
+    hosts = tmp_path / "hosts"
+    policy = _vault_policy(tmp_path, ["https://vault.example.com:18443/v1/transit/keys/a"])
+    rc = kf.main(["--region", "eu-west-1", "--no-loopback", "--hosts-file", str(hosts),
+                  "--listen-port", "0", "--enclave-policy", str(policy), "--",
+                  sys.executable, "-c", "pass"])
+    assert rc == 0
+    assert "127.0.1.1\tvault.example.com" in hosts.read_text()
+    bad = _vault_policy(tmp_path, ["https://10.1.2.3:8200/v1/transit/keys/a"])
+    assert kf.main(["--region", "eu-west-1", "--no-loopback", "--no-hosts", "--listen-port",
+                    "0", "--enclave-policy", str(bad), "--", sys.executable, "-c", "pass"]) == 2
 
 
 def test_bring_up_loopback_is_a_no_op_when_lo_is_up():

@@ -39,6 +39,7 @@ from ..errors import SopsError
 from .sshsig import KEY_TYPES, CommitSignature, key_fingerprint
 
 __all__ = ["EnclavePolicy", "EnclavePolicyError", "AllowedSigner", "BUNDLE_PATH",
+           "image_policy_path",
            "DEFAULT_MANIFEST_PATH", "load_enclave_policy", "MAX_POLICY_BYTES"]
 
 #: Where the policy lives in the measured bundle (and so in the image).
@@ -46,6 +47,13 @@ BUNDLE_PATH = "enclave-policy.yaml"
 DEFAULT_MANIFEST_PATH = ".sops-enclave.yaml"
 MAX_POLICY_BYTES = 256 * 1024
 _TOP = {"version", "commit_signers", "manifest", "outputs", "inputs", "allow_host_age"}
+
+
+def image_policy_path() -> str:
+    """Where the measured policy sits in the image: beside the ``sops_enclave`` package."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2] / BUNDLE_PATH)
 
 
 class EnclavePolicyError(SopsError):

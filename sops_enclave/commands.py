@@ -968,7 +968,8 @@ def do_exec(ctx) -> int:
 
             pol = load_enclave_policy(read_input(policy_file), policy_file)
             for plan in plans:
-                pol.check_output(plan.target, plan.encrypt.kms, plan.encrypt.age)
+                pol.check_output(plan.target, plan.encrypt.kms, plan.encrypt.age,
+                                 plan.encrypt.hc_vault)
         print(f"commit {commit}")
         print(manifest.describe(plans))
         return 0

@@ -144,10 +144,11 @@ def test_output_to_a_listed_transit_key_opens_with_the_sops_binary(world, bao, t
 def test_transit_key_the_policy_does_not_list_is_refused(world, bao, tmp_path):
     repo = make_repo(world, tmp_path, _uri(bao, "k2"))
     before, decrypts = snapshot(repo), world["stack"].kms.stats.get("Decrypt", 0)
-    p = exec_(world, repo)
-    refused(world, repo, p, before, decrypts,
-            f"Vault transit key {_uri(bao, 'k2')} is not allowed by the enclave policy "
-            "(outputs.hc_vault)")
+    for args in ((), ("--dry-run",)):  # the enclave refuses it, and --dry-run says so first
+        p = exec_(world, repo, *args)
+        refused(world, repo, p, before, decrypts,
+                f"Vault transit key {_uri(bao, 'k2')} is not allowed by the enclave policy "
+                "(outputs.hc_vault)")
 
 
 def test_no_vault_token_is_refused_before_anything_runs(world, bao, tmp_path):

@@ -27,7 +27,7 @@ MYPY_FILES := sops_enclave/receipt enclave/executor.py enclave/app.py enclave/ns
 	sops_enclave/merge.py sops_enclave/shamir.py sops_enclave/goregex.py sops_enclave/goformat.py \
 	sops_enclave/errors.py sops_enclave/formats sops_enclave/pack/enclave_policy.py \
 	sops_enclave/pack/sshsig.py sops_enclave/pack/gitobjects.py sops_enclave/pack/manifest.py \
-	sops_enclave/cms.py sops_enclave/rpc.py
+	sops_enclave/cms.py sops_enclave/rpc.py sops_enclave/record.py
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check sops_enclave enclave tests fixtures bench

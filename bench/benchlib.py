@@ -121,3 +121,50 @@ def alternate(ours: list[str], theirs: list[str], runs: int, env: dict, *,
             outputs[which] = out
     return {"times": times, "peaks": peaks, "outputs": outputs,
             "enclave_s": statistics.median(times[0]), "sops_s": statistics.median(times[1])}
+
+
+def compile_bytecode() -> str:
+    """Write the package's bytecode (``__pycache__``) before anything is timed, as ``pip
+    install`` does for a wheel. Without it, a checkout whose ``.pyc`` files are missing or
+    stale (a fresh clone, an edit, ``PYTHONDONTWRITEBYTECODE=1`` in the environment) compiles
+    every module from source in every process, and that would be timed."""
+    dirs = [str(ROOT / "sops_enclave"), str(ROOT / "enclave")]
+    p = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *dirs],
+                       capture_output=True, timeout=600)
+    if p.returncode != 0:
+        raise SystemExit("bench: compileall failed: " + p.stdout.decode()[-400:])
+    return "bytecode compiled beforehand (`python -m compileall`, as a wheel install does)"
+
+
+def installed_wheel(work: Path) -> tuple[str | None, str]:
+    """``(console script, how)`` of sops-enclave installed from a wheel of this checkout, as a
+    user gets it: a virtual environment of its own with the package's files and their
+    bytecode in site-packages and the entry-point script pip writes; no editable finder. The
+    dependencies are this virtualenv's (a ``.pth`` line adds its site-packages to the path,
+    without running its ``.pth`` files, so the editable install's finder is not loaded).
+    ``(None, why)`` when the wheel cannot be built here (its build backend comes from PyPI)."""
+    import sysconfig
+
+    wheels = work / "wheel"
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                        str(wheels), str(ROOT)], capture_output=True, timeout=600)
+    built = sorted(wheels.glob("sops_enclave-*.whl"))
+    if p.returncode != 0 or not built:
+        return None, "no wheel: " + (p.stderr.decode().strip().splitlines() or ["?"])[-1][:200]
+    venv = work / "wheel-venv"
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True,
+                   capture_output=True, timeout=120)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
+                    "--target", str(site), str(built[-1])], check=True, capture_output=True,
+                   timeout=600)
+    (site / "zz-bench-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
+                    str(site / "sops_enclave")], check=True, capture_output=True, timeout=600)
+    script = venv / "bin" / "sops-enclave"
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\n"
+                      "from sops_enclave.cli import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    return str(script), f"wheel {built[-1].name} in a virtualenv of its own"

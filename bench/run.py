@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, alternate, log, make_data, to_yaml, tool  # noqa: E402
+from benchlib import (ROOT, alternate, compile_bytecode, installed_wheel, log,  # noqa: E402
+                      make_data, to_yaml, tool)
 
 # Targets of the performance issue: (comparison, limit) on the ratio sops-enclave / sops.
 TARGETS = {"-d YAML": 1.0, "-d JSON": 0.5, "-e YAML": 1.0, "-e JSON": 0.5, "small": 1.0,
@@ -51,7 +52,9 @@ ALL_PARTS = ("core", "growth", "pack", "packbig", "packgrowth", "keyservice")
 # ---------------------------------------------------------------------------------- core
 
 def run_core(sops: str, ours: str, env: dict, recipient: str, work: Path, *, values: int,
-             runs: int) -> list[dict]:
+             runs: int, wheel: str | None = None) -> list[dict]:
+    """The core cases; with ``wheel`` (sops-enclave installed from a wheel), the two 20-value
+    cases once more with that installation (what a user's ``pip install`` gives)."""
     data = make_data(values)
     small = make_data(20)
     files = {"large.yaml": to_yaml(data), "large.json": json.dumps(data, indent="\t").encode(),
@@ -83,6 +86,13 @@ def run_core(sops: str, ours: str, env: dict, recipient: str, work: Path, *, val
     cases.append(("small -e cfg", "-e YAML, 20 values, .sops.yaml lookup (age)",
                   [ours, "encrypt", "small.yaml"], [sops, "encrypt", "small.yaml"],
                   cfgdir / "app"))
+    if wheel:
+        f = str(work / "enc.small.yaml")
+        cases.append(("small", "-d YAML, 20 values (age), installed wheel", [wheel, "-d", f],
+                      [sops, "-d", f]))
+        cases.append(("small -e cfg", "-e YAML, 20 values, .sops.yaml lookup (age), installed "
+                      "wheel", [wheel, "encrypt", "small.yaml"], [sops, "encrypt", "small.yaml"],
+                      cfgdir / "app"))
     sizes = {n: (work / ("enc." + n)).stat().st_size / 1e6 for n in files}
     rows = []
     for key, label, a, b, *cwd in cases:
@@ -430,7 +440,14 @@ def conditions(args, cfg: dict, core: list[dict], growth: dict | None, pack: dic
              "the process that spawned it, which would floor every reading.) age keys "
              "throughout, except the pack."
              + (f" Core cases: {cfg['runs']} runs each; the {cfg['values']:,}-value YAML file "
-                f"is {size:.1f} MB encrypted." if core else "")]
+                f"is {size:.1f} MB encrypted." if core else "")
+             + (f" sops-enclave: the project's virtualenv (an editable install), "
+                f"{cfg.get('bytecode', 'bytecode as found')}; the rows marked *installed "
+                f"wheel* run the {cfg['wheel']} (no editable-install finder at start-up)."
+                if core and cfg.get("wheel", "").startswith("wheel ") else
+                f" sops-enclave: the project's virtualenv (an editable install), "
+                f"{cfg.get('bytecode', 'bytecode as found')}; installed wheel not measured "
+                f"({cfg.get('wheel', '?')})." if core else "")]
     if growth:
         sizes = ", ".join(f"{n:,}" for n in cfg["growth_sizes"])
         parts.append(
@@ -502,6 +519,7 @@ def main() -> int:
     growth = pack = packbig = packgrowth = keyservice = None
     failed: dict[str, str] = {}
     cfg["code_before"] = _code_state()
+    cfg["bytecode"] = compile_bytecode()
 
     def part(name, fn):
         # A part that fails is reported in the table; the other parts still count.
@@ -513,8 +531,10 @@ def main() -> int:
             return None
 
     def do_core():
-        log(f"core: {cfg['runs']} runs per case")
-        return run_core(sops, ours, env, recipient, work, values=cfg["values"], runs=cfg["runs"])
+        wheel, cfg["wheel"] = installed_wheel(work)
+        log(f"core: {cfg['runs']} runs per case; {cfg['wheel']}")
+        return run_core(sops, ours, env, recipient, work, values=cfg["values"], runs=cfg["runs"],
+                        wheel=wheel)
 
     def do_growth():
         from growth import run_growth

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from sops_enclave.record import field, record
 from typing import Any, Mapping, Sequence
 
 from sops_enclave import SOPS_FORMAT_VERSION
@@ -37,7 +37,7 @@ __all__ = ["StoreConfig", "EncryptOptions", "Decrypted", "decrypt_document", "en
            "decrypt_data", "encrypt_dict", "encrypt_bytes", "to_python", "from_python"]
 
 
-@dataclass
+@record
 class StoreConfig:
     """Output settings (``stores`` in ``.sops.yaml``, ``--indent``)."""
 
@@ -57,7 +57,7 @@ class StoreConfig:
         return None
 
 
-@dataclass
+@record
 class Decrypted:
     """A decrypted document: plaintext branches, its metadata, and the IVs seen (for edits)."""
 
@@ -185,7 +185,7 @@ def emit_extracted(value: Any, fmt: str, cfg: StoreConfig | None = None) -> byte
 
 # ------------------------------------------------------------------ encryption
 
-@dataclass
+@record
 class EncryptOptions:
     """Everything that decides how a new file is encrypted."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from typing import IO, Mapping, Sequence
 
 from sops_enclave import __version__
@@ -328,6 +327,8 @@ def _run_reporting(argv: list[str], env: dict[str, str], cwd: str) -> int:
         return _run(argv, env, cwd)
     except SopsError as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         print(e.diagnostics(), file=sys.stderr)
         return e.exit_code
@@ -340,6 +341,8 @@ def _run_reporting(argv: list[str], env: dict[str, str], cwd: str) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug: say where, never the message (it could hold a value)
+        import traceback
+
         if verbose:
             traceback.print_exc()
         tb = traceback.extract_tb(e.__traceback__)

@@ -14,7 +14,7 @@ import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from sops_enclave.record import record
 from typing import Any, Callable
 
 from sops_enclave.errors import ConflictingParameters, SopsError
@@ -28,7 +28,7 @@ __all__ = ["Command", "COMMANDS", "Parser", "UsageError", "Ctx", "warn", "add_ke
 
 # ------------------------------------------------------------------ the command table
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Command:
     """Where a subcommand lives, imported only when it runs.
 

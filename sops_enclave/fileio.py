@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 from sops_enclave.errors import CouldNotWriteOutputFile
 
@@ -56,6 +55,8 @@ def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
             raise CouldNotWriteOutputFile(f"Could not open output file for writing: {path}: "
                                           f"{e.strerror}") from None
     try:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=".sops-enclave-", suffix=".tmp", dir=directory)
     except OSError as e:
         raise CouldNotWriteOutputFile(f"Could not open output file for writing: open {path}: "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from dataclasses import dataclass, field
+from sops_enclave.record import field, record
 from typing import Any, ClassVar
 
 from sops_enclave.errors import SopsError
@@ -21,7 +21,7 @@ __all__ = ["Metadata", "AgeEntry", "PGPEntry", "KMSEntry", "GCPKMSEntry", "Azure
            "parse_metadata", "format_time", "parse_time"]
 
 
-@dataclass
+@record
 class AgeEntry:
     recipient: str
     enc: str = ""
@@ -31,7 +31,7 @@ class AgeEntry:
         return self.recipient
 
 
-@dataclass
+@record
 class PGPEntry:
     fp: str
     enc: str = ""
@@ -42,7 +42,7 @@ class PGPEntry:
         return self.fp
 
 
-@dataclass
+@record
 class KMSEntry:
     arn: str
     role: str = ""
@@ -74,7 +74,7 @@ class _IdEntry:
         return [(f, getattr(self, f)) for f in self.FIELDS]
 
 
-@dataclass
+@record
 class GCPKMSEntry(_IdEntry):
     resource_id: str
     enc: str = ""
@@ -86,7 +86,7 @@ class GCPKMSEntry(_IdEntry):
         return self.resource_id
 
 
-@dataclass
+@record
 class AzureKVEntry(_IdEntry):
     vault_url: str
     name: str
@@ -100,7 +100,7 @@ class AzureKVEntry(_IdEntry):
         return f"{self.vault_url}/keys/{self.name}/{self.version}"
 
 
-@dataclass
+@record
 class VaultEntry(_IdEntry):
     vault_address: str
     engine_path: str
@@ -114,7 +114,7 @@ class VaultEntry(_IdEntry):
         return f"{self.vault_address}/v1/{self.engine_path}/keys/{self.key_name}"
 
 
-@dataclass
+@record
 class HCKMSEntry(_IdEntry):
     key_id: str
     enc: str = ""
@@ -131,7 +131,7 @@ ENTRY_TYPES: dict[str, type[_IdEntry]] = {
     c.type: c for c in (GCPKMSEntry, AzureKVEntry, VaultEntry, HCKMSEntry)}
 
 
-@dataclass
+@record
 class OtherEntry:
     """A key entry given as its raw fields (``type`` and a branch). The parser never makes
     these; :func:`typed_entry` turns one of a known type into its entry class."""
@@ -248,7 +248,7 @@ def _entries(b: Any) -> list[KeyEntry]:
     return out
 
 
-@dataclass
+@record
 class Metadata:
     """Everything in the ``sops`` block except the data (and never the data key)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from sops_enclave.record import record
 from typing import Any, Protocol
 
 from sops_enclave import goregex
@@ -39,7 +39,7 @@ class ValueDecrypter(Protocol):
     def decrypt(self, s: str, aad: bytes, /) -> Any: ...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CryptRule:
     """Which leaves get encrypted: at most one of the six sops rules (``kind`` None = all)."""
 

@@ -29,7 +29,7 @@ to key types; a new key type is one module plus one line there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sops_enclave.record import record
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from sops_enclave.errors import KeyMismatch, SopsError
@@ -42,7 +42,7 @@ class KeyUnavailable(SopsError):
     ciphertext). The group loop records it and moves on, as for :class:`KeyMismatch`."""
 
 
-@dataclass
+@record
 class KeyContext:
     """What a key type may read: the environment of the process (or of the caller's choice)."""
 

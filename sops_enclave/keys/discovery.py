@@ -14,7 +14,7 @@ locations where no key was found go into sops' error text (:func:`AgeIdentities`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from sops_enclave.record import field, record
 from typing import Mapping
 
 from sops_enclave.errors import SopsError, go_errno_text
@@ -25,7 +25,7 @@ __all__ = ["AgeIdentities", "load_age_identities", "age_identities", "x25519_ide
 SSH_KEY_FILE_ENV = "SOPS_AGE_SSH_PRIVATE_KEY_FILE"
 
 
-@dataclass
+@record
 class AgeIdentities:
     """What identity discovery found: identities, load errors, sources with no key."""
 

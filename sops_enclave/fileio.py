@@ -54,34 +54,40 @@ def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
         except OSError as e:
             raise CouldNotWriteOutputFile(f"Could not open output file for writing: {path}: "
                                           f"{e.strerror}") from None
+    # The temporary's name is chosen before it exists, so an interruption (SIGTERM is raised
+    # as an exception) at any moment after the file appears still removes it.
+    ours = ""   # the temporary this call created (or is creating), never someone else's
+    opened = False
     try:
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix=".sops-enclave-", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise CouldNotWriteOutputFile(f"Could not open output file for writing: open {path}: "
-                                      f"{e.strerror.lower() if e.strerror else e}") from None
-    try:
+        for _ in range(16):
+            ours = os.path.join(directory, f".sops-enclave-{os.urandom(6).hex()}.tmp")
+            try:
+                fd = os.open(ours, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:
+                ours = ""
+        else:
+            raise FileExistsError(17, "file exists")
+        opened = True
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        os.chmod(ours, mode)
+        os.replace(ours, path)
     except BaseException as e:  # interrupted too: never leave the temporary behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if ours:
+            try:
+                os.unlink(ours)
+            except OSError:
+                pass
         if isinstance(e, OSError):
+            if not opened:
+                raise CouldNotWriteOutputFile(
+                    f"Could not open output file for writing: open {path}: "
+                    f"{e.strerror.lower() if e.strerror else e}") from None
             raise CouldNotWriteOutputFile(
                 f"Could not write output file {path}: {e.strerror}") from None
-        raise
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

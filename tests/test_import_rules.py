@@ -2,7 +2,7 @@
 imports included), with no exceptions listed:
 
 1. the core (tree, values, walk, metadata, stores, Shamir, Go formatting and regexps, merge,
-   errors) imports nothing above it;
+   errors, record classes) imports nothing above it;
 2. the enclave program imports only the core, keys, CMS, the frame codec, the atomic writer,
    receipt building and pack verification: never the CLI, the library surface (``api``),
    ``config``, the key service, image tooling or the dev stand-ins;
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ("sops_enclave.tree", "sops_enclave.cipher", "sops_enclave.walk",
         "sops_enclave.metadata", "sops_enclave.formats", "sops_enclave.shamir",
         "sops_enclave.goformat", "sops_enclave.goregex", "sops_enclave.merge",
-        "sops_enclave.errors")
+        "sops_enclave.errors", "sops_enclave.record")
 ENCLAVE_MAY_IMPORT = CORE + (
     "sops_enclave.enclave", "sops_enclave.keys", "sops_enclave.cms", "sops_enclave.rpc",
     "sops_enclave.fileio",

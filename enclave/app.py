@@ -14,12 +14,15 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from sops_enclave.rpc import error_frame, recv_frame, send_frame
 
 if TYPE_CHECKING:
     from typing import TypeAlias
+
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
     from sops_enclave.pack.enclave_policy import EnclavePolicy
 
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     #: Makes the dev enclave's software NSM from ``(dev CA directory, enclave policy bytes)``.
     DevNSMFactory: TypeAlias = Callable[[str | None, bytes | None], EnclaveNSM]
 
-__all__ = ["serve", "main"]
+__all__ = ["RecipientKeys", "serve", "main"]
 
 
 def _kms_factory(request: dict[str, Any], dev: bool) -> Callable[[str], Any]:
@@ -60,8 +63,54 @@ def _kms_factory(request: dict[str, Any], dev: bool) -> Callable[[str], Any]:
     return factory
 
 
+def _new_recipient_key() -> RSAPrivateKey:
+    from .executor import new_recipient_key
+
+    return new_recipient_key()
+
+
+class RecipientKeys:
+    """The RSA keys for KMS ``Recipient``: the next request's key is made while the enclave
+    waits for that request (key generation runs outside the GIL, so it costs the request no
+    time), and :meth:`take` hands each key out once. One fresh key per request: a key is
+    never given to a second request, and a request that finds none ready gets a new one."""
+
+    def __init__(self, make: Callable[[], RSAPrivateKey] | None = None) -> None:
+        self._make = make or _new_recipient_key
+        self._lock = threading.Lock()
+        self._next: Future[RSAPrivateKey] | None = None
+
+    def prepare(self) -> None:
+        """Start making the next key in the background (unless one is under way)."""
+        with self._lock:
+            if self._next is not None:
+                return
+            fut: Future[RSAPrivateKey] = Future()
+            self._next = fut
+
+        def make() -> None:
+            try:
+                fut.set_result(self._make())
+            except BaseException as e:  # noqa: BLE001 - take() makes a key itself
+                fut.set_exception(e)
+
+        threading.Thread(target=make, name="recipient-key", daemon=True).start()
+
+    def take(self) -> RSAPrivateKey:
+        """The prepared key (waiting for it), else a new one; no later call returns it."""
+        with self._lock:
+            fut, self._next = self._next, None
+        if fut is not None:
+            try:
+                return fut.result()
+            except Exception:  # noqa: BLE001 - made again below
+                pass
+        return self._make()
+
+
 def _handle(conn: socket.socket, nsm: EnclaveNSM, dev: bool,
-            policy: EnclavePolicy | None = None) -> None:
+            policy: EnclavePolicy | None = None,
+            recipient_keys: RecipientKeys | None = None) -> None:
     from sops_enclave.enclave.executor import run_pack
 
     try:
@@ -73,8 +122,10 @@ def _handle(conn: socket.socket, nsm: EnclaveNSM, dev: bool,
             from sops_enclave.keys.age import parse_identities
 
             ids = parse_identities(req["dev_age_identities"], "the dev request")
+        # This request's own key (taken: never handed to another request).
+        key = recipient_keys.take() if recipient_keys is not None else None
         resp = run_pack(req, nsm, _kms_factory(req, dev), dev=dev, age_identities=ids,
-                        policy=policy)
+                        policy=policy, recipient_key=key)
     except Exception as e:  # every failure becomes one error frame, never a traceback
         resp = error_frame(e)
     try:
@@ -86,10 +137,12 @@ def _handle(conn: socket.socket, nsm: EnclaveNSM, dev: bool,
 def serve(sock: socket.socket, nsm: EnclaveNSM, dev: bool, once: bool = False,
           policy: EnclavePolicy | None = None) -> None:
     sock.listen(4)
+    keys = RecipientKeys()
     while True:
+        keys.prepare()  # while waiting for the connection
         conn, _ = sock.accept()
         with conn:
-            _handle(conn, nsm, dev, policy)
+            _handle(conn, nsm, dev, policy, keys)
         if once:
             return
 

@@ -33,7 +33,7 @@ from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree, verify_mac
 if TYPE_CHECKING:
     from sops_enclave.receipt.statement import SignerRecord
 
-__all__ = ["PackError", "EnclaveKeys", "EnclaveNSM", "run_pack"]
+__all__ = ["PackError", "EnclaveKeys", "EnclaveNSM", "new_recipient_key", "run_pack"]
 
 
 class EnclaveNSM(Protocol):
@@ -57,6 +57,11 @@ class KMSCall:
     enc: str = ""
 
 
+def new_recipient_key() -> rsa.RSAPrivateKey:
+    """A fresh RSA-2048 key for KMS ``Recipient`` (one per request, never shared)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 class EnclaveKeys:
     """Key service inside the enclave: KMS Decrypt with ``Recipient`` (attested), KMS Encrypt,
     age wrapping; in dev mode also host-provided age identities for inputs.
@@ -64,6 +69,8 @@ class EnclaveKeys:
     Each distinct (ARN, ciphertext) is decrypted once; :meth:`prefetch` runs them concurrently.
     Vault transit outputs use :attr:`vault_env` (the token the request carries) and trust only
     :attr:`vault_ca` when the policy names CAs.
+    ``recipient_key``: this request's own :func:`new_recipient_key` (made in advance while the
+    enclave waited for the request); ``None`` makes one here.
     """
 
     vault_env: dict[str, str] | None = None
@@ -71,7 +78,8 @@ class EnclaveKeys:
 
     def __init__(self, kms_client_factory: Callable[[str], Any], nsm: EnclaveNSM, *,
                  age_identities: Sequence[object] = (), dev: bool = False,
-                 policy: EnclavePolicy | None = None) -> None:
+                 policy: EnclavePolicy | None = None,
+                 recipient_key: rsa.RSAPrivateKey | None = None) -> None:
         self._kms = kms_client_factory
         self._nsm = nsm
         self._age = list(age_identities)
@@ -79,7 +87,7 @@ class EnclaveKeys:
         self.policy = policy
         #: What actually unwrapped the data key of the input being opened (see :meth:`opening`).
         self.used: list[KMSCall | str] = []
-        self._rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._rsa = recipient_key if recipient_key is not None else new_recipient_key()
         pub = self._rsa.public_key().public_bytes(serialization.Encoding.DER,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
         self.kms_attestation = nsm.attest(public_key=pub)
@@ -305,13 +313,15 @@ def _signer(objects: dict[str, tuple[str, bytes]], commit: str,
 def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Callable[[str], Any],
              *, dev: bool, age_identities: Sequence[object] = (),
              clock: Callable[[], _dt.datetime] | None = None,
-             policy: EnclavePolicy | None = None) -> dict[str, Any]:
+             policy: EnclavePolicy | None = None,
+             recipient_key: rsa.RSAPrivateKey | None = None) -> dict[str, Any]:
     """Carry out one pack request; returns ``{"ok": True, "outputs": [...]}``.
 
     ``policy`` is the measured enclave policy; only the dev enclave may run without one
     (an *unrestricted* run, said so in every receipt). Every check that could release a
     secret is made here, before the first KMS call: the commit's signature, the manifest
-    path, each output's recipients, each input's KMS keys."""
+    path, each output's recipients, each input's KMS keys. ``recipient_key``: see
+    :class:`EnclaveKeys` (the serve loop hands each request its own)."""
     from sops_enclave.pack import gitobjects
     from sops_enclave.pack.manifest import load_manifest
     from sops_enclave.receipt.builder import build_receipt
@@ -368,7 +378,7 @@ def run_pack(request: dict[str, Any], nsm: EnclaveNSM, kms_client_factory: Calla
         raise PackError("an output is for a Vault transit key and the request carries no "
                         "Vault token (set VAULT_TOKEN or ~/.vault-token on the host)")
     keys = EnclaveKeys(kms_client_factory, nsm, age_identities=age_identities, dev=dev,
-                       policy=policy)
+                       policy=policy, recipient_key=recipient_key)
     keys.vault_env = vault_env
     keys.vault_ca = policy.hc_vault_ca if policy is not None else None
     paths = sorted({i.file for p in plans for i in p.inputs})

@@ -164,7 +164,18 @@ def _is_sha256(alg: Any) -> bool:
     return alg["algorithm"].dotted == _OID_SHA256 and _params_absent_or_null(alg["parameters"])
 
 
+#: Encodings of a key encryption algorithm, exactly as received (header, contents, trailer),
+#: that passed :func:`_check_oaep_sha256`. The check depends on these bytes alone, and KMS
+#: sends the same ones in every answer; the check's re-encoding (asn1crypto re-encodes an
+#: indefinite-length value in full) costs three times the RSA decryption. Bounded.
+_OAEP_ACCEPTED: set[tuple[bytes, bytes, bytes]] = set()
+_OAEP_ACCEPTED_MAX = 16
+
+
 def _check_oaep_sha256(alg: Any) -> None:
+    received = (bytes(alg._header), bytes(alg.contents), bytes(alg._trailer))
+    if received in _OAEP_ACCEPTED:
+        return
     if alg["algorithm"].dotted != _OID_RSAES_OAEP:
         raise CMSError(f"key encryption algorithm is {alg['algorithm'].dotted}, "
                        f"expected rsaesOaep ({_OID_RSAES_OAEP})")
@@ -182,6 +193,8 @@ def _check_oaep_sha256(alg: Any) -> None:
     # The parser tolerates stray bytes inside explicit tags; the exact encoding does not.
     if alg.dump() not in _OAEP_ENCODINGS:
         raise CMSError("RSAES-OAEP parameters are not in their expected encoding")
+    if len(_OAEP_ACCEPTED) < _OAEP_ACCEPTED_MAX:
+        _OAEP_ACCEPTED.add(received)
 
 
 class _Parts:

@@ -329,3 +329,22 @@ def test_fuzz_mutated_sample(sample, edits):
     # Only edits inside the IV or the content can still open (CBC has no integrity);
     # whatever opens is short, as the sample's plaintext is.
     assert result is None or len(result) <= 32
+
+
+def test_accepted_algorithm_encodings_do_not_let_another_one_through(key2048, monkeypatch):
+    """The check of the key encryption algorithm is skipped only for the exact bytes that
+    passed it before: after a good answer, a changed OAEP hash or encoding is still refused,
+    and the set of remembered encodings stays bounded."""
+    from sops_enclave import cms
+
+    good = make_ciphertext_for_recipient(b"k" * 32, key2048.public_key())
+    assert open_ciphertext_for_recipient(good, key2048) == b"k" * 32
+    assert len(cms._OAEP_ACCEPTED) >= 1
+    first = good.index(OID_SHA256)
+    sha384 = good[:first] + OID_SHA384 + good[first + len(OID_SHA384):]
+    with pytest.raises(CMSError, match="hash is not SHA-256"):
+        open_ciphertext_for_recipient(sha384, key2048)
+    monkeypatch.setattr(cms, "_OAEP_ACCEPTED", set())
+    monkeypatch.setattr(cms, "_OAEP_ACCEPTED_MAX", 0)
+    assert open_ciphertext_for_recipient(good, key2048) == b"k" * 32
+    assert cms._OAEP_ACCEPTED == set()

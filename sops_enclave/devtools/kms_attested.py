@@ -258,6 +258,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle holds the body
+    # until the client's delayed ACK (40 ms) on every reused keep-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         if self.server.kms.verbose:

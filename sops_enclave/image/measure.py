@@ -29,7 +29,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 __all__ = ["BOOT_MEASUREMENT", "ENTRY_MODULES", "IMAGE_FILES", "bundle_archive",
@@ -125,12 +125,32 @@ class _Locator:
         return None
 
 
+#: What holds statements: an import is a statement, so it is only ever in one of these.
+_STATEMENT_HOLDERS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
+def _import_statements(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement of ``body`` and of the statements nested in it (function and
+    class bodies, branches, handlers, match cases): what ``ast.walk`` finds, without visiting
+    every expression node (this runs at each dev enclave start)."""
+    todo: list[ast.AST] = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+            continue
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                todo += [v for v in value if isinstance(v, _STATEMENT_HOLDERS)]
+
+
 def _imports(source: bytes, name: str, is_pkg: bool) -> set[str]:
     """Every module an import statement in ``source`` may load (absolute names)."""
     tree = ast.parse(source)
     package = name if is_pkg else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _import_statements(tree.body):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -190,14 +191,34 @@ def plan_at_commit(opts: ExecOptions, check_commit: Callable[[str], None] | None
     except SopsError:
         raise SopsError(f"{opts.manifest_path}: not found in commit {commit[:12]}") from None
     manifest = load_manifest(data, opts.manifest_path)
+    targets = list(opts.targets) or None
+    found = _existing_paths(opts.repo, commit,
+                            {i.file for p in manifest.plan(targets) for i in p.inputs})
 
     def exists(p: str) -> bool:
+        if p in found:
+            return found[p]
         r = subprocess.run(["git", "-C", opts.repo, "cat-file", "-e", f"{commit}:{p}"],
                            capture_output=True)
         return r.returncode == 0
 
-    plans = manifest.plan(list(opts.targets) or None, exists=exists)
+    plans = manifest.plan(targets, exists=exists)
     return commit, manifest, plans
+
+
+def _existing_paths(repo: str, commit: str, paths: set[str]) -> dict[str, bool]:
+    """``{path: is there an object at commit:path}`` for ``paths``, from one ``git cat-file
+    --batch-check`` (as ``git cat-file -e`` per path would say, without a process each).
+    Paths it cannot ask about in one line are left out (the caller asks git for them)."""
+    asked = sorted(p for p in paths if p and not any(c in p for c in "\0\n\r"))
+    if not asked:
+        return {}
+    p = subprocess.run(["git", "-C", repo, "cat-file", "--batch-check"], capture_output=True,
+                       input="".join(f"{commit}:{q}\n" for q in asked).encode())
+    lines = p.stdout.decode(errors="replace").splitlines()
+    if p.returncode != 0 or len(lines) != len(asked):
+        return {}
+    return {q: not line.endswith(" missing") for q, line in zip(asked, lines)}
 
 
 def _split_inputs(plans) -> tuple[list[str], list[str]]:
@@ -355,29 +376,55 @@ def _progress(msg: str) -> None:
         print(f"[sops-enclave] {msg}", file=sys.stderr, flush=True)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run_exec(opts: ExecOptions, env: Mapping[str, str],
              check_commit: Callable[[str], None] | None = None) -> dict:
     """Run the pack in the enclave; writes the outputs and receipts. ``check_commit(commit)``
     is called once the commit is known, before its manifest is read, the other host-side
-    checks (recipients, KMS) and the enclave start.
+    checks (recipients, KMS) and the enclave start. The dev enclave starts right after it, so
+    that its start-up overlaps them and the building of the request (it is stopped if one of
+    them fails; it gets nothing before the request frame).
 
     Returns ``{"commit", "outputs": [{"target", "path", "receipt", "sha256"}],
     "kms_decrypt_calls"}`` (no content)."""
     dev = opts.enclave == "dev"
     if not dev and not opts.enclave.startswith("nitro"):
         raise SopsError(f"--enclave must be dev or nitro[:CID[:PORT]], not {opts.enclave!r}")
-    commit, _, plans = plan_at_commit(opts, check_commit)
-    check_recipients(opts.manifest_path, plans)
-    preflight_kms(opts, commit, plans, env)
-    _progress(f"{len(plans)} output(s) at {commit[:12]}; collecting git objects")
-    req = build_request(opts, commit, plans, env, dev=dev)
-    _progress(f"sending {len(req['git'].get('objects', req['git']))} git objects to the "
-              f"{'dev ' if dev else ''}enclave")
     sock_path = None
     with tempfile.TemporaryDirectory(prefix="sops-enclave-") as work:
         proc = None
-        if dev:
-            proc, sock_path = start_dev_enclave(work, env, opts.enclave_policy)
+        with ThreadPoolExecutor(1) as pool:
+            starting: list[Future] = []
+
+            def checked(commit: str) -> None:
+                if check_commit is not None:
+                    check_commit(commit)
+                if dev:  # it starts up (interpreter, imports, measurement) meanwhile
+                    starting.append(pool.submit(start_dev_enclave, work, env,
+                                                opts.enclave_policy))
+
+            try:
+                commit, _, plans = plan_at_commit(opts, checked)
+                check_recipients(opts.manifest_path, plans)
+                preflight_kms(opts, commit, plans, env)
+                _progress(f"{len(plans)} output(s) at {commit[:12]}; collecting git objects")
+                req = build_request(opts, commit, plans, env, dev=dev)
+            except BaseException:
+                for f in starting:
+                    if f.exception() is None:
+                        _stop(f.result()[0])
+                raise
+            if starting:
+                proc, sock_path = starting[0].result()
+        _progress(f"sending {len(req['git'].get('objects', req['git']))} git objects to the "
+                  f"{'dev ' if dev else ''}enclave")
         try:
             with _connect(opts.enclave, sock_path) as s:
                 send_frame(s, req)
@@ -390,11 +437,7 @@ def run_exec(opts: ExecOptions, env: Mapping[str, str],
                                f"{getattr(e, 'message', None) or e}") from None
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                _stop(proc)
     if not resp.get("ok"):
         raise EnclaveError("the enclave refused the run: "
                            + _explain(str(resp.get("error")), dev, env),

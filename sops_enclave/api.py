@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from sops_enclave.record import field, record
 from typing import Any, Mapping, Sequence
 
 from sops_enclave import SOPS_FORMAT_VERSION
@@ -29,6 +28,7 @@ from sops_enclave.keys.groups import DEFAULT_DECRYPTION_ORDER, LocalKeyService, 
 from sops_enclave.keys.groups import protect_data_key
 from sops_enclave.metadata import (AgeEntry, KeyEntry, KMSEntry, Metadata, PGPEntry,
                                    format_time, parse_metadata)
+from sops_enclave.record import field, record
 from sops_enclave.tree import Branch, Comment, Timestamp, extract
 from sops_enclave.walk import CryptRule, decrypt_tree, encrypt_tree, verify_mac
 

@@ -14,10 +14,10 @@ import argparse
 import importlib
 import os
 import sys
-from sops_enclave.record import record
 from typing import Any, Callable
 
 from sops_enclave.errors import ConflictingParameters, SopsError
+from sops_enclave.record import record
 
 __all__ = ["Command", "COMMANDS", "Parser", "UsageError", "Ctx", "warn", "add_key_flags",
            "add_rule_flags", "add_io_flags", "global_parser", "decrypt_parser",

@@ -6,7 +6,7 @@ Messages never contain plaintext values or key material.
 
 from __future__ import annotations
 
-from typing import TypedDict, Unpack
+from typing import TYPE_CHECKING
 
 __all__ = [
     "SopsError", "CouldNotReadInputFile", "CouldNotWriteOutputFile", "ErrorDumpingTree",
@@ -19,11 +19,14 @@ __all__ = [
 ]
 
 
-class _ErrorOptions(TypedDict, total=False):
-    """The keyword options of :class:`SopsError` (for subclasses passing them through)."""
+if TYPE_CHECKING:  # for the type checker only: building a TypedDict costs ~1 ms at start-up
+    from typing import TypedDict, Unpack
 
-    exit_code: int | None
-    hint: str | None
+    class _ErrorOptions(TypedDict, total=False):
+        """The keyword options of :class:`SopsError` (for subclasses passing them through)."""
+
+        exit_code: int | None
+        hint: str | None
 
 
 class SopsError(Exception):

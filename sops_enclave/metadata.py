@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from sops_enclave.record import field, record
 from typing import Any, ClassVar
 
 from sops_enclave.errors import SopsError
+from sops_enclave.record import field, record
 from sops_enclave.tree import Branch, Comment, Timestamp
 from sops_enclave.walk import CRYPT_RULE_NAMES, CryptRule
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from sops_enclave.record import record
 from typing import Any, Protocol
 
-from sops_enclave import goregex
 from sops_enclave.cipher import ValueCipher
 from sops_enclave.errors import ErrorEncryptingTree, MacMismatch, SopsError
 from sops_enclave.goformat import plain_bytes
+from sops_enclave.record import record
 from sops_enclave.tree import Branch, Comment
 
 __all__ = ["CryptRule", "encrypt_tree", "decrypt_tree", "verify_mac", "CRYPT_RULE_NAMES",
@@ -57,6 +56,8 @@ class CryptRule:
         regexp Go refuses matches nothing, as in sops. One Go accepts but sops-enclave cannot
         translate (a Unicode script class) is an error rather than a different answer.
         """
+        from sops_enclave import goregex  # loaded with the first regex rule, not at start-up
+
         rx = self.__dict__.get("_rx", self)
         if rx is self:
             try:

@@ -867,3 +867,25 @@ def test_answer_for_another_key_than_evaluated_is_dropped(nsm):
         assert {"Decrypt", "GenerateDataKey", "Encrypt"} <= set(fake.operations)
     finally:
         fake.close()
+
+
+def test_a_key_arn_is_not_looked_up_but_its_policy_is_read_on_every_call(nsm):
+    """A key ARN names itself (no DescribeKey); the policy is fetched for every call, and
+    the key moto reports using must still be the ARN that was evaluated."""
+    fake = _FakeKMS()
+    try:
+        with AttestedKMS(fake.url, [nsm.root_fingerprint]) as kms:
+            c = _client(kms.url)
+            for _ in range(2):
+                assert c.decrypt(CiphertextBlob=b"x", KeyId=fake.USED)["KeyId"] == fake.USED
+            assert fake.operations == ["GetKeyPolicy", "Decrypt"] * 2
+            with pytest.raises(ClientError) as e:
+                c.decrypt(CiphertextBlob=b"x", KeyId=fake.EVALUATED)
+            assert "not the evaluated" in e.value.response["Error"]["Message"]
+            assert "Plaintext" not in e.value.response
+            fake.operations.clear()
+            with pytest.raises(ClientError):
+                c.decrypt(CiphertextBlob=b"x", KeyId="alias/moved")
+            assert fake.operations[0] == "DescribeKey"  # an alias is resolved every time
+    finally:
+        fake.close()

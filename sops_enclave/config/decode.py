@@ -9,7 +9,6 @@ the fields as plain values (rules are built from them in :mod:`.rules`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, cast
 
 import yaml
@@ -17,6 +16,7 @@ import yaml
 from sops_enclave.errors import ConfigError
 from sops_enclave.formats.yaml_resolve import GoUint, resolve_plain, timestamp_text
 from sops_enclave.goformat import go_quote
+from sops_enclave.record import record
 from sops_enclave.tree import Timestamp
 
 __all__ = ["CRYPT_RULE_FIELDS", "decode_file", "go_type"]
@@ -314,7 +314,7 @@ class _Decoder:
             raise _Fatal("map merge requires map or sequence of maps as the value")
 
 
-@dataclass
+@record
 class _Struct:
     go_type: str
     fields: dict[str, Callable[[_Decoder, yaml.Node], tuple[bool, Any]]]

@@ -5,11 +5,11 @@ sops 3.11's splitting rules and messages."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping
 
 from sops_enclave.errors import ConfigError, InvalidEncryptionContext
 from sops_enclave.goformat import go_quote
+from sops_enclave.record import record
 
 __all__ = ["KeySpec", "AgeKeySpec", "PGPKeySpec", "KMSKeySpec", "UnsupportedKeySpec",
            "context_tuple", "parse_kms_arg", "parse_encryption_context", "parse_csv_keys",
@@ -17,7 +17,7 @@ __all__ = ["KeySpec", "AgeKeySpec", "PGPKeySpec", "KMSKeySpec", "UnsupportedKeyS
 
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AgeKeySpec:
     recipient: str
 
@@ -25,7 +25,7 @@ class AgeKeySpec:
         return self.recipient
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PGPKeySpec:
     fingerprint: str
 
@@ -33,7 +33,7 @@ class PGPKeySpec:
         return self.fingerprint
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KMSKeySpec:
     arn: str
     role: str = ""
@@ -49,7 +49,7 @@ class KMSKeySpec:
         return f"{s}|{ctx}" if ctx else s
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnsupportedKeySpec:
     """A key type sops-enclave cannot use: gcp_kms, azure_keyvault, hc_vault_transit_uri, hckms."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 from sops_enclave.goformat import go_quote
+from sops_enclave.record import record
 
 __all__ = ["CONFIG_FILE_NAME", "ALTERNATE_CONFIG_NAME", "MAX_DEPTH", "ConfigWarning",
            "ConfigLookup", "lookup_config", "find_config"]
@@ -23,7 +23,7 @@ class ConfigWarning(UserWarning):
 
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ConfigLookup:
     path: str | None
     warning: str | None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from sops_enclave import goregex
@@ -20,6 +19,7 @@ from sops_enclave.config.keyspecs import (AgeKeySpec, KeySpec, KMSKeySpec, PGPKe
                                           parse_kms_arg)
 from sops_enclave.errors import ConfigError, SopsError
 from sops_enclave.goformat import go_quote
+from sops_enclave.record import field, record
 
 __all__ = ["CRYPT_RULE_FIELDS", "DEFAULT_DECRYPTION_ORDER", "StoresConfig", "CreationRule",
            "Config", "load_config"]
@@ -30,7 +30,7 @@ _CRYPT_CONFLICT = ("error loading config: cannot use more than one of encrypted_
                    "encrypted_comment_regex, or unencrypted_comment_regex for the same rule")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StoresConfig:
     """``stores:``. Defaults: ``yaml_indent`` 4, ``json_indent``/``json_binary_indent`` -1 (tab)."""
 
@@ -39,7 +39,7 @@ class StoresConfig:
     json_binary_indent: int = -1
 
 
-@dataclass
+@record
 class CreationRule:
     """The matching rule, resolved: key groups, threshold, crypt rule, mac_only_encrypted."""
 
@@ -158,7 +158,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ConfigError(f"can not compile regexp: {e}") from None
 
 
-@dataclass
+@record
 class Config:
     """A loaded ``.sops.yaml``. ``creation_rules`` is None when the file has none (then sops
     behaves as if there were no config file for key selection)."""

@@ -212,13 +212,15 @@ def _moto_main(argv: list[str]) -> int:
     ap.add_argument("--state")
     args = ap.parse_args(argv)
     try:
-        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication,
-                                                   MotoRequestHandler, create_backend_app)
+        from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
         if args.state:
             _install_state(Path(args.state))
-        app = DomainDispatcherApplication(create_backend_app)
+        # moto's KMS application alone (the layer forwards nothing else): moto_server's
+        # dispatcher, which serves every service, lists moto's modules on disk for each
+        # request (a third of moto's time per KMS call here).
+        app = create_backend_app("kms")
         server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
     except Exception as e:  # reported to the parent, which raises it
         print(f"error {type(e).__name__}: {e}", flush=True)

@@ -119,6 +119,7 @@ class Fault:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # not socketserver's 5: concurrent clients are not dropped
     proxy: "FaultyProxy"
 
     def process_request_thread(self, request, client_address):  # type: ignore[override]

@@ -110,6 +110,7 @@ class TLSHTTPServer(ThreadingHTTPServer):
     so a client that never finishes it blocks only itself."""
 
     daemon_threads = True
+    request_queue_size = 128  # not socketserver's 5: concurrent clients are not dropped
 
     def __init__(self, address: tuple[str, int], handler, context: ssl.SSLContext):
         self._tls = context

@@ -889,3 +889,18 @@ def test_a_key_arn_is_not_looked_up_but_its_policy_is_read_on_every_call(nsm):
             assert fake.operations[0] == "DescribeKey"  # an alias is resolved every time
     finally:
         fake.close()
+
+
+def test_a_key_arn_of_another_account_or_region_is_still_looked_up(nsm):
+    fake = _FakeKMS()
+    try:
+        with AttestedKMS(fake.url, [nsm.root_fingerprint]) as kms:
+            c = _client(kms.url)
+            for arn in (fake.USED.replace(":123456789012:", ":210987654321:"),
+                        fake.USED.replace(":us-east-1:", ":eu-west-1:")):
+                fake.operations.clear()
+                with pytest.raises(ClientError):
+                    c.decrypt(CiphertextBlob=b"x", KeyId=arn)
+                assert fake.operations[0] == "DescribeKey"
+    finally:
+        fake.close()

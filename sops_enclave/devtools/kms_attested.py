@@ -46,9 +46,10 @@ unless noted) and the request is then *not* forwarded to moto.
 4. Authorization (:mod:`.kms_operations` says which IAM action on which key each of the
    56 operations needs; an operation not in that table is refused). The key named in the
    request (key id, key ARN, or for the cryptographic operations an alias) is resolved to
-   its ARN with moto's ``DescribeKey`` (a key ARN stands for itself; a key that does not
-   exist gets moto's ``NotFoundException`` from the policy look-up) and its policy fetched
-   with ``GetKeyPolicy`` on every call (no cache: a policy change applies at once); the
+   its ARN with moto's ``DescribeKey`` (a key ARN of the caller's account and region stands
+   for itself; a key that does not exist gets moto's ``NotFoundException`` from the policy
+   look-up) and its policy fetched with ``GetKeyPolicy`` on every call (no cache: a policy
+   change applies at once); the
    policy is evaluated by :func:`~.kms_policy_eval.evaluate_key_policy` for the caller,
    the key and the request's condition keys (``aws:PrincipalArn``, ``kms:CallerAccount``,
    ``kms:EncryptionContext:*``, ``kms:GrantOperations``, ...). An explicit Deny refuses;
@@ -237,7 +238,9 @@ def _validate_params(op: str, params: dict[str, Any]) -> None:
         raise _Refusal(error, report.generate_report().replace("\n", "; "))
 
 
-_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+")
+_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>[0-9]{12}):"
+                      r"key/[A-Za-z0-9-]+")
+_SCOPE_REGION = re.compile(r"Credential=[^/,]+/[0-9]{8}/([a-z0-9-]+)/kms/aws4_request")
 
 
 def _is_alias(key_ref: str) -> bool:
@@ -877,16 +880,20 @@ class AttestedKMS:
     def _resolve(self, call: _Call, key_ref: str, *, alias_ok: bool) -> str:
         """The ARN of the key ``key_ref`` names (moto's DescribeKey), or moto's error.
 
-        A key ARN names itself: it is not looked up (the policy look-up that follows fails
-        with moto's ``NotFoundException`` for a key that does not exist, and for the
-        cryptographic operations the key moto reports using must still be this one). Aliases
-        and bare key ids are resolved on every call (an alias can move)."""
+        A key ARN of the caller's own account and region names itself: it is not looked up
+        (the policy look-up that follows fails with moto's ``NotFoundException`` for a key
+        that does not exist, and for the cryptographic operations the key moto reports using
+        must still be this one). Aliases, bare key ids and other ARNs are resolved on every
+        call (an alias can move)."""
         if _is_alias(key_ref) and not alias_ok:
             raise _Refusal("NotFoundException",
                            f"dev KMS: {call.op.name} takes a key id or key ARN, not the alias "
                            f"{key_ref}")
-        if _KEY_ARN.fullmatch(key_ref):
-            return key_ref
+        m = _KEY_ARN.fullmatch(key_ref)
+        scope = _SCOPE_REGION.search(call.headers.get("Authorization", ""))
+        if m and scope and m["account"] == call.principal.account \
+                and m["region"] == scope[1]:
+            return key_ref  # a key ARN of the caller's own account and region
         status, headers, answer = self._internal(call, "DescribeKey", {"KeyId": key_ref})
         if status != 200:
             raise _Relay((status, headers, answer))

@@ -127,7 +127,7 @@ from .kms_operations import GRANT_OPERATIONS, OPERATIONS, Operation
 from .kms_policy_eval import (
     UNKNOWN, Decision, PolicyFormatError, Principal, RequestContext, Uncertain,
     attestation_context, encryption_context_values, evaluate_key_policy, parse_policy)
-from .kms_sigv4 import AuthError, authenticate, parse_principal_spec, principal_table
+from .kms_sigv4 import AuthError, parse_principal_spec, principal_table, verify_signature
 
 __all__ = ["AttestedKMS", "Decision", "evaluate_key_policy", "attestation_context",
            "STATS_PATH", "main"]
@@ -198,6 +198,7 @@ class _Call:
     params: dict[str, Any]
     body: bytes
     principal: Principal
+    region: str                             # the region the request's signature is scoped to
     headers: dict[str, str]                 # the canonical forwarded headers
     doc: AttestationDocument | None = None
 
@@ -240,7 +241,6 @@ def _validate_params(op: str, params: dict[str, Any]) -> None:
 
 _KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>[0-9]{12}):"
                       r"key/[A-Za-z0-9-]+")
-_SCOPE_REGION = re.compile(r"Credential=[^/,]+/[0-9]{8}/([a-z0-9-]+)/kms/aws4_request")
 
 
 def _is_alias(key_ref: str) -> bool:
@@ -451,7 +451,8 @@ class AttestedKMS:
             if counts[name] > 1:
                 raise _Refusal("IncompleteSignatureException", f"more than one {name} header")
         try:
-            principal = authenticate(req.command, req.path, headers, body, self._principals)
+            principal, region = verify_signature(req.command, req.path, headers, body,
+                                                 self._principals)
         except AuthError as e:
             raise _Refusal(e.error_type, e.message) from None
         try:
@@ -470,7 +471,7 @@ class AttestedKMS:
             canonical = _FORWARDED_HEADERS.get(name.lower())
             if canonical:
                 forward[canonical] = value
-        return _Call(op, params, body, principal, forward)
+        return _Call(op, params, body, principal, region, forward)
 
     def _dispatch(self, req: _Handler, call: _Call) -> None:
         op, params = call.op, call.params
@@ -890,9 +891,7 @@ class AttestedKMS:
                            f"dev KMS: {call.op.name} takes a key id or key ARN, not the alias "
                            f"{key_ref}")
         m = _KEY_ARN.fullmatch(key_ref)
-        scope = _SCOPE_REGION.search(call.headers.get("Authorization", ""))
-        if m and scope and m["account"] == call.principal.account \
-                and m["region"] == scope[1]:
+        if m and m["account"] == call.principal.account and m["region"] == call.region:
             return key_ref  # a key ARN of the caller's own account and region
         status, headers, answer = self._internal(call, "DescribeKey", {"KeyId": key_ref})
         if status != 200:
@@ -957,16 +956,12 @@ class AttestedKMS:
                              headers=dict(headers, **{"Content-Length": str(len(body))}))
                 resp = conn.getresponse()
                 answer = resp.status, resp.getheaders(), resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError,
-                    ConnectionResetError) as e:
-                conn.close()
-                if reused and attempt == 0:
-                    continue
-                raise _Refusal("KMSInternalException",
-                               f"dev KMS: upstream {self.upstream} failed: {e}",
-                               status=500) from None
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
+                # RemoteDisconnected is a ConnectionResetError: moto closed an idle connection
+                if reused and attempt == 0 and isinstance(e, (ConnectionResetError,
+                                                              BrokenPipeError)):
+                    continue
                 raise _Refusal("KMSInternalException",
                                f"dev KMS: upstream {self.upstream} failed: {e}",
                                status=500) from None

@@ -103,6 +103,13 @@ def authenticate(method: str, path: str, headers: Sequence[tuple[str, str]], bod
 
     ``headers``: every header as received, in order (names in any case, duplicates kept).
     """
+    return verify_signature(method, path, headers, body, table, now)[0]
+
+
+def verify_signature(method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes,
+                     table: PrincipalTable, now: datetime | None = None
+                     ) -> tuple[Principal, str]:
+    """:func:`authenticate`, and the region the signature is scoped to."""
     by_name: dict[str, list[str]] = {}
     for name, value in headers:
         by_name.setdefault(name.lower(), []).append(value)
@@ -171,4 +178,4 @@ def authenticate(method: str, path: str, headers: Sequence[tuple[str, str]], bod
         raise AuthError("InvalidSignatureException",
                         "The request signature we calculated does not match the signature "
                         "you provided. Check your AWS Secret Access Key and signing method.")
-    return principal
+    return principal, region
